@@ -1,0 +1,172 @@
+"""Lightning callbacks that run inside Ray workers: report to Ray, print progress, track the best epoch."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+
+CHECKPOINT_NAME = "checkpoint.ckpt"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    out = {}
+    for k, v in trainer.callback_metrics.items():
+        if k.endswith("_step"):
+            continue
+        try:
+            out[k.removesuffix("_epoch")] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+class ReportCallback(pl.Callback):
+    """After each validation (and every N steps if asked): checkpoint + metrics to Ray Train.
+
+    Every rank calls ray.train.report (Ray requires it); only rank 0 attaches the checkpoint, since
+    all DDP ranks hold the same weights. Each rank also keeps its own copy of the best weights on
+    local disk so the test split can be scored with the best epoch on any node.
+    """
+
+    def __init__(self, monitor: str, mode: str, every_n_steps: Optional[int], run_log=None, on_nan: str = "error"):
+        self.monitor, self.mode = monitor, mode
+        self.every_n_steps = every_n_steps
+        self.run_log = run_log
+        self.on_nan = on_nan
+        self.best: Optional[float] = None
+        self.best_epoch: Optional[float] = None
+        self.tmp = tempfile.mkdtemp(prefix="launcher-ckpt-")
+        self.best_weights = os.path.join(self.tmp, "best_weights.pt")
+        self._last_step_reported = -1
+
+    # Lightning persists this in checkpoints, so a restarted worker group knows the best so far.
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLoss(
+                f"loss is {float(loss.detach())} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, batch {batch_idx}): "
+                "lower optim.lr, set train.gradient_clip_val, or check the data")
+        n = self.every_n_steps
+        step = trainer.global_step
+        if n and step > 0 and step % n == 0 and step != self._last_step_reported:
+            self._report(trainer, pl_module, kind="step")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self._report(trainer, pl_module, kind="val")
+
+    def _epoch(self, trainer) -> float:
+        # Completed epochs, fractional when validating mid-epoch.
+        total = trainer.num_training_batches
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if not total or total == float("inf") or done >= total:
+            return float(trainer.current_epoch + 1)
+        return round(trainer.current_epoch + done / total, 4)
+
+    def _report(self, trainer, pl_module, kind: str) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        self._last_step_reported = trainer.global_step
+        metrics = scalar_metrics(trainer)
+        metrics.update(epoch=self._epoch(trainer), step=trainer.global_step, kind=kind)
+        value = metrics.get(self.monitor)
+        if kind == "val" and value is not None and math.isfinite(value):
+            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            if better:
+                self.best, self.best_epoch = value, metrics["epoch"]
+                torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.best_weights)
+        if kind == "step":
+            # Step checkpoints are for resuming, never for best selection: NaN ranks them last.
+            metrics[self.monitor] = float("nan")
+        metrics.update(best=self.best if self.best is not None else float("nan"), best_epoch=self.best_epoch or 0.0)
+        ckpt_dir = os.path.join(self.tmp, f"report-{trainer.global_step}-{kind}")
+        os.makedirs(ckpt_dir, exist_ok=True)
+        trainer.save_checkpoint(os.path.join(ckpt_dir, CHECKPOINT_NAME), weights_only=False)
+        rank0 = trainer.global_rank == 0
+        if rank0 and self.run_log is not None:
+            self.run_log.record.remote("report", dict(metrics))
+        ray.train.report(metrics=metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if rank0 else None)
+        trainer.strategy.barrier()
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    def load_best(self, pl_module) -> bool:
+        if not os.path.exists(self.best_weights):
+            return False
+        pl_module.load_state_dict(torch.load(self.best_weights, map_location="cpu", weights_only=True))
+        return True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ProgressLog(pl.Callback):
+    """One progress line from rank 0 every few seconds: epoch, step/total, loss, lr, speed, ETA.
+
+    Lightning's bar redraws in place, which Ray's log forwarding turns into a flood of lines; these
+    lines read well in `ray job logs` and in a terminal alike.
+    """
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self.start = self.last = 0.0
+        self.first_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = self.last = time.time()
+        self.first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank != 0:
+            return
+        now = time.time()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        total = int(trainer.estimated_stepping_batches)
+        step = trainer.global_step
+        done = max(step - self.first_step, 1)
+        rate = done / (now - self.start)
+        eta = (total - step) / rate if rate > 0 else float("inf")
+        m = trainer.callback_metrics
+        loss = float(m["train_loss_step"]) if "train_loss_step" in m else float("nan")
+        lr = float(m["lr"]) if "lr" in m else float("nan")
+        print(f"[launcher] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {step}/{total} "
+              f"({100 * step / max(total, 1):.0f}%) loss {loss:.4f} lr {lr:.3g} {rate:.2f} steps/s ETA {_fmt(eta)}",
+              file=sys.stderr, flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        vals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        text = " ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items()))
+        print(f"[launcher] validation after epoch {trainer.current_epoch + 1}: {text}", file=sys.stderr, flush=True)
+
+
+def _fmt(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
