@@ -174,7 +174,7 @@ class RayConfig:
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How workers are placed on nodes."""
     storage_path: Optional[str] = None
-    """Where Ray keeps checkpoints and run state: local path, NFS path, s3:// or gs:// URI (default: <output_dir>/ray)."""
+    """Where Ray keeps checkpoints and run state: local path, NFS path, s3:// or gs:// URI (default: $LAUNCHER_STORAGE, else <output_dir>/ray)."""
     max_failures: int = 2
     """Restart the worker group from the latest checkpoint this many times after a worker dies."""
     num_cpus: Optional[int] = None
@@ -248,7 +248,8 @@ _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config) if da
 
 
 def storage_path(cfg: Config) -> str:
-    return cfg.ray.storage_path or os.path.join(os.path.abspath(cfg.output_dir), "ray")
+    """ray.storage_path, else $LAUNCHER_STORAGE (set on cluster heads), else <output_dir>/ray."""
+    return cfg.ray.storage_path or os.environ.get("LAUNCHER_STORAGE") or os.path.join(os.path.abspath(cfg.output_dir), "ray")
 
 
 def default_mode(metric: str) -> str:
