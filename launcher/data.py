@@ -141,6 +141,25 @@ def from_table(table):
     return datasets.Dataset(table)
 
 
+# ---------------------------------------------------------------- step arithmetic
+
+
+def batches_per_rank(n: int, world: int, batch_size: int) -> int:
+    """Training batches each rank runs per epoch (TrainBatchSampler pads ranks to equal counts)."""
+    return math.ceil(math.ceil(n / world) / batch_size)
+
+
+def optimizer_steps_per_epoch(n: int, world: int, batch_size: int, accumulation: int) -> int:
+    """Optimizer steps per epoch: Lightning steps after every `accumulation` batches and after the last one."""
+    return math.ceil(batches_per_rank(n, world, batch_size) / accumulation)
+
+
+def optimizer_steps(n: int, world: int, batch_size: int, accumulation: int, epochs: int, max_steps: int = -1) -> int:
+    """Total optimizer steps of a run (what `global_step` ends at)."""
+    total = optimizer_steps_per_epoch(n, world, batch_size, accumulation) * epochs
+    return min(total, max_steps) if max_steps > 0 else total
+
+
 # ---------------------------------------------------------------- samplers (inside workers)
 
 
@@ -165,7 +184,7 @@ class TrainBatchSampler:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(self.per_rank / self.batch_size)
+        return batches_per_rank(len(self.lengths), self.world, self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         import torch
