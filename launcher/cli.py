@@ -168,10 +168,10 @@ def _task_options_help() -> str:
             "--task_options.objective causal (language-modeling); README.md lists them per task.")
 
 
-def print_config(cfg: Config, file=sys.stdout) -> None:
+def print_config(cfg: Config, file=None) -> None:
     import yaml
 
     from launcher.config import to_dict
     from launcher.export import redact
 
-    yaml.safe_dump(redact(to_dict(cfg)), file, sort_keys=False)
+    yaml.safe_dump(redact(to_dict(cfg)), file or sys.stdout, sort_keys=False)

@@ -64,6 +64,17 @@ def _check_json_lines(key: str, path: str) -> None:
                     raise ConfigError(key, f"{path} line {lineno}: invalid JSON ({e.msg})", "fix that line (JSON Lines: one object per line)") from None
 
 
+def check_paths(cfg: Config) -> None:
+    """Cheap existence checks of every data file, before any model or data is loaded."""
+    for split, key in SPLIT_KEYS.items():
+        path = getattr(cfg.data, f"{split}_file")
+        if path and "://" not in path:
+            if not os.path.exists(path):
+                raise ConfigError(key, f"file not found: {path}", "check the path (relative paths are from the current directory)")
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                raise ConfigError(key, f"file is empty: {path}", "give a file with at least one example")
+
+
 def read_file(key: str, path: str):
     """One file → a `datasets.Dataset`."""
     check_file(key, path)

@@ -36,7 +36,10 @@ def prepare(cfg: Config):
     """Everything that can fail on bad config or data, before Ray starts. Raises ConfigError."""
     from launcher.tasks import get_task
 
+    from launcher.data import check_paths
+
     config_lib.validate(cfg)
+    check_paths(cfg)
     task = get_task(cfg.task)(cfg)
     model_config = task.model_config()
     tokenizer = task.load_tokenizer()
