@@ -35,7 +35,9 @@ def write_bert_tokenizer(path: str, words=WORDS) -> None:
     vocab = os.path.join(path, "vocab.txt")
     with open(vocab, "w") as f:
         f.write("\n".join(SPECIALS + list(words)) + "\n")
-    BertTokenizerFast(vocab_file=vocab, do_lower_case=True).save_pretrained(path)
+    # transformers 5 takes the vocabulary as `vocab` (a path or dict); `vocab_file` is silently ignored
+    # and leaves a tokenizer that maps every word to [UNK].
+    BertTokenizerFast(vocab=vocab, do_lower_case=True).save_pretrained(path)
 
 
 def make_tiny_bert(path: str, dropout: float = 0.0, max_positions: int = 128, **overrides) -> str:
