@@ -75,8 +75,8 @@ def check_paths(cfg: Config) -> None:
                 raise ConfigError(key, f"file is empty: {path}", "give a file with at least one example")
 
 
-def read_file(key: str, path: str):
-    """One file → a `datasets.Dataset`."""
+def read_file(key: str, path: str, **text_options):
+    """One file → a `datasets.Dataset`. `text_options` go to the .txt reader (keep_linebreaks, sample_by)."""
     check_file(key, path)
     import datasets
 
@@ -88,6 +88,8 @@ def read_file(key: str, path: str):
             raise ConfigError(key, f"{path} holds several splits ({', '.join(ds)})", "point at one split's folder")
         return ds
     kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
+    if builder == "text":
+        kwargs.update(text_options)
     try:
         ds = datasets.load_dataset(builder, data_files={"x": path}, split="x", **kwargs)
     except Exception as e:  # pyarrow/pandas parse errors: keep the message, name the file

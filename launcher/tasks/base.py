@@ -216,13 +216,17 @@ class TaskModule(pl.LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> None:
         keep = batch["_pad"] == 0 if "_pad" in batch else torch.ones(batch_size_of(batch), dtype=torch.bool)
         outputs = self.eval_forward(batch, stage)
-        n = int(keep.sum())
+        n = self.eval_loss_weight(batch, outputs, keep)
         if n and getattr(outputs, "loss", None) is not None:
             self.losses[stage].update(outputs.loss.detach().float(), weight=n)
         self.update_metrics(self.metrics[stage], batch, outputs, keep)
 
     def eval_forward(self, batch: dict, stage: str):
         return self.model(**self.model_inputs(batch))
+
+    def eval_loss_weight(self, batch: dict, outputs, keep: torch.Tensor) -> int:
+        """Weight of this batch's mean loss in the epoch's mean: its scored rows (token-level losses: their tokens)."""
+        return int(keep.sum())
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage("val")
