@@ -182,6 +182,36 @@ class RayConfig:
 
 
 @dataclass
+class TuneConfig:
+    num_samples: int = 8
+    """Trials to run (grid: repetitions of the whole grid)."""
+    scheduler: Literal["fifo", "asha", "pbt"] = "asha"
+    """fifo: run every trial to the end; asha: stop poor trials early; pbt: poor trials copy good ones and perturb lr/warmup."""
+    search_alg: Literal["random", "grid", "optuna"] = "random"
+    """How trials are sampled: random, grid (every combination of `grid` values), optuna (pip extra `optuna`)."""
+    metric: Optional[str] = None
+    """Metric that ranks trials and picks the best checkpoint (default: checkpoint.monitor, else the task's main metric)."""
+    mode: Optional[Literal["min", "max"]] = None
+    """Whether a higher or lower `metric` is better (default: min for losses/perplexity, else max)."""
+    max_concurrent_trials: Optional[int] = 2
+    """Trials that run at the same time (null: as many as the cluster holds)."""
+    time_budget_s: Optional[float] = None
+    """Stop starting and running trials after this many seconds (null: no limit)."""
+    search_space: dict[str, Any] = field(default_factory=dict)
+    """Dotted config key → {loguniform|uniform|quniform|randint|choice|grid: [...]}; empty: optim.lr, scheduler.warmup_ratio, scheduler.name."""
+    grace_period: float = 1
+    """asha: epochs every trial runs before it can be stopped."""
+    reduction_factor: float = 2
+    """asha: keep the best 1/reduction_factor of trials at each rung."""
+    perturbation_interval: float = 1
+    """pbt: epochs between exploit/explore steps."""
+    quantile_fraction: float = 0.25
+    """pbt: the worst fraction of trials copies the best fraction at each step."""
+    seed: Optional[int] = None
+    """Seed of the search's sampling (default: train.seed)."""
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     """Write TensorBoard logs under <output_dir>/logs."""
@@ -221,6 +251,8 @@ class Config:
     """Ray Train workers and storage."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Loggers and progress output."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Hyperparameter search: used by `launcher tune` (ignored by `launcher train`)."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """Task-specific options (see README: each task lists its options)."""
 
