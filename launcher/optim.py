@@ -65,9 +65,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu"
 
 
 def warmup_steps(cfg: SchedulerConfig, total_steps: int) -> int:
-    if cfg.warmup_steps > 0:
-        return min(cfg.warmup_steps, total_steps)
-    return int(math.ceil(cfg.warmup_ratio * total_steps))
+    """Warmup length; at least one step is left for the decay so every schedule reaches its end value."""
+    steps = cfg.warmup_steps if cfg.warmup_steps > 0 else int(math.ceil(cfg.warmup_ratio * total_steps))
+    return max(0, min(steps, total_steps - 1))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int):
