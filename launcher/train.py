@@ -236,7 +236,9 @@ def train_loop(loop_config: dict) -> None:
     )
     trainer = distributed.prepare(trainer)
     ckpt_path = None
-    checkpoint = ray.train.get_checkpoint()
+    # A restarted worker group resumes this run's latest checkpoint; a fresh run may start from one
+    # the caller hands in (launcher tune: a PBT trial continuing from a better trial's weights).
+    checkpoint = ray.train.get_checkpoint() or loop_config.get("init_checkpoint")
     if checkpoint is not None:
         local = checkpoint.to_directory()
         ckpt_path = os.path.join(local, CHECKPOINT_NAME)
