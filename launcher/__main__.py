@@ -35,6 +35,8 @@ def cmd_train(argv: list[str]) -> int:
         print("[launcher] test: " + " ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if isinstance(v, float)))
     print(f"[launcher] results: {os.path.join(cfg.output_dir, 'results.json')}")
     print(f"[launcher] exported model: {results['best_model']}")
+    if results.get("best_model_uri"):
+        print(f"[launcher] exported model (copy in run storage): {results['best_model_uri']}")
     return 0
 
 

@@ -60,7 +60,8 @@ def check_resources(cfg: Config, resources: dict, trials: int = 1) -> None:
         if tpus <= 0 and not os.environ.get("LAUNCHER_XLA_CPU"):
             raise ConfigError("ray.accelerator", f"tpu asked, the cluster has no TPU resources (it has {_describe(resources)})",
                               "run on TPU VM hosts or use --ray.accelerator cpu")
-    nodes = sum(1 for k in resources if k.startswith("node:") and not k.startswith("node:__internal"))
+    # Every node adds 1 to its node:<ip> resource; nodes sharing an IP (one machine) share the key.
+    nodes = round(sum(v for k, v in resources.items() if k.startswith("node:") and not k.startswith("node:__internal")))
     if nodes > 1 and "://" not in storage_path(cfg) and not cfg.ray.storage_path:
         raise ConfigError("ray.storage_path", f"the cluster has {nodes} nodes but run storage is the local folder {storage_path(cfg)}",
                           "set ray.storage_path to a shared NFS path or an s3:// / gs:// URI")

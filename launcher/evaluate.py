@@ -12,6 +12,7 @@ import os
 import sys
 
 from launcher import config as config_lib
+from launcher import storage
 from launcher.config import ConfigError
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
     if flags["print_config"]:
         cli.print_config(cfg)
         return 0
-    model_dir = values["--model"] or os.path.join(cfg.output_dir, "best")
+    model_dir = storage.local_model(values["--model"] or os.path.join(cfg.output_dir, "best"))
     info, _ = load_exported(model_dir)
     split = values["--split"] or ("test" if cfg.data.test_file else "validation")
     cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.gguf_file, cfg.model.from_config = model_dir, None, None, False
@@ -81,7 +82,7 @@ def predict_main(argv: list[str]) -> int:
     from launcher.tasks import get_task
 
     p = argparse.ArgumentParser(prog="launcher predict", description=predict_main.__doc__)
-    p.add_argument("--model", required=True, help="An exported model folder (<output_dir>/best).")
+    p.add_argument("--model", required=True, help="An exported model folder (<output_dir>/best) or its copy in run storage (s3://.../best).")
     p.add_argument("--input", required=True, help="Input file (.csv/.json/.jsonl/.parquet/.txt) with the training text column(s).")
     p.add_argument("--output", required=True, help="Where to write predictions (.jsonl, one object per input row).")
     p.add_argument("--batch-size", type=int, default=32, help="Examples per batch.")
@@ -93,6 +94,7 @@ def predict_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if os.path.exists(args.output) and not args.overwrite:
         raise ConfigError("--output", f"{args.output} exists", "pass --overwrite or choose another file")
+    args.model = storage.local_model(args.model)  # s3:// / gs:// URIs: a temporary local copy
     info, cfg = load_exported(args.model)
     task = get_task(info["task"])(cfg)
     ds = task.read("--input", args.input)

@@ -151,6 +151,14 @@ def finish(cfg: Config, prepared, outcome) -> dict:
                           extra={"best_epoch": best_metrics.get("epoch"), "monitor": outcome.monitor,
                                  "best_value": best_metrics.get(outcome.monitor)})
     results = results_dict(cfg, outcome, best_metrics, best_dir if checkpoint is not None else None)
+    if checkpoint is not None:
+        from launcher import storage
+
+        # With bucket storage the output_dir is often temporary (a job's folder on the head): the
+        # copy next to the run's checkpoints outlives the cluster.
+        uri = storage.publish_best(best_dir, outcome.storage, outcome.name)
+        if uri:
+            results["best_model_uri"] = storage.redact_uri(uri)
     write_json(os.path.join(cfg.output_dir, "results.json"), results)
     if best_metrics:
         write_kv(os.path.join(cfg.output_dir, "val_results.txt"),

@@ -63,18 +63,20 @@ def check_output_dir(cfg: Config, overwrite: bool, resume: bool) -> None:
 
 def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """The whole `launcher train` flow. Returns the results dict that is also written to results.json."""
-    from launcher import distributed, export
+    from launcher import distributed, export, storage
 
     check_output_dir(cfg, overwrite, resume)
     prepared = prepare(cfg)
+    name = storage.run_name(cfg)  # unique in shared storage, where Ray would resume a same-named run
     if overwrite and not resume:
         export.clear_output_dir(cfg.output_dir)
+        storage.clear_run(cfg, name)
     os.makedirs(cfg.output_dir, exist_ok=True)
     export.save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
 
     distributed.init_ray(cfg)
     distributed.check_resources(cfg, distributed.cluster_resources())
-    outcome = fit(cfg, prepared, name="train", resume=resume)
+    outcome = fit(cfg, prepared, name=name, resume=resume)
     results = export.finish(cfg, prepared, outcome)
     return results
 

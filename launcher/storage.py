@@ -1,0 +1,160 @@
+"""Run storage: local folders, NFS paths and s3:// / gs:// URIs, through pyarrow filesystems.
+
+Ray Train keeps checkpoints wherever `ray.storage_path` points (it uses the same pyarrow
+filesystems). This module adds what launcher itself does there: a run name that cannot collide
+with other runs in a shared bucket, a copy of the exported best/ model next to the run, and
+fetching such a model back for `launcher predict` / `launcher evaluate`.
+
+Credentials and endpoints come from the usual environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL,
+GOOGLE_APPLICATION_CREDENTIALS, instance roles); pyarrow reads them, launcher never logs them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+from typing import Optional
+
+from launcher.config import Config, ConfigError
+
+
+def is_uri(path: Optional[str]) -> bool:
+    """s3://, gs://, hdfs://... (a `file://` URI is a local path in disguise, treat it as one)."""
+    return bool(path) and "://" in path and not path.startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a folder or URI, keeping a URI's query (`?endpoint_override=...`) at the end."""
+    if not is_uri(uri):
+        return os.path.join(uri, *parts)
+    base, sep, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]]) + sep + query
+
+
+def filesystem(uri: str, key: str = "ray.storage_path"):
+    """(pyarrow FileSystem, path inside it) for a URI or a local path."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(uri.removeprefix("file://"))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError with the scheme or bucket problem
+        raise ConfigError(key, f"cannot open {redact_uri(uri)}: {str(e).splitlines()[0][:200]}",
+                          "use s3://bucket/prefix or gs://bucket/prefix with credentials in the environment") from None
+
+
+_SECRET_QUERY = re.compile(r"key|secret|token|password|credential", re.I)
+
+
+def redact_uri(uri: str) -> str:
+    """A URI fit for printing and results files: user:password@ and secret query values
+    (pyarrow accepts `?access_key=...&secret_key=...`) masked; endpoint and region stay readable."""
+    uri = re.sub(r"://[^/@]*@", "://***@", uri)
+    base, sep, query = uri.partition("?")
+    if not sep:
+        return base
+    parts = []
+    for kv in query.split("&"):
+        k, eq, v = kv.partition("=")
+        parts.append(f"{k}=***" if eq and _SECRET_QUERY.search(k) else kv)
+    return base + "?" + "&".join(parts)
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def upload_dir(local_dir: str, uri: str) -> str:
+    """Replace the folder at `uri` with a copy of `local_dir`; returns `uri`."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)  # a stale best/ of an earlier export must not mix with this one
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return uri
+
+
+def download_dir(uri: str, local_dir: str, key: str = "--model") -> str:
+    """Copy the folder at `uri` into `local_dir` (created); returns `local_dir`."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri, key)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        what = "nothing" if info.type == pafs.FileType.NotFound else "a file, not a folder"
+        raise ConfigError(key, f"{redact_uri(uri)} is {what}", "give the URI of an exported best/ folder, e.g. s3://bucket/runs/<run>/best")
+    os.makedirs(local_dir, exist_ok=True)
+    pafs.copy_files(path, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local_dir
+
+
+def delete(uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def local_model(path: str, key: str = "--model") -> str:
+    """A local folder for `path`: the folder itself, or a download of a URI into a temporary
+    folder that is removed when the process exits."""
+    if not is_uri(path):
+        return path
+    tmp = tempfile.mkdtemp(prefix="launcher-model-")
+    atexit.register(shutil.rmtree, tmp, True)
+    print(f"[launcher] downloading {redact_uri(path)} to {tmp}", file=sys.stderr)
+    return download_dir(path, os.path.join(tmp, "model"), key)
+
+
+# ---------------------------------------------------------------------- run names
+
+
+def default_storage(cfg: Config) -> str:
+    """Where Ray keeps a run when neither ray.storage_path nor $LAUNCHER_STORAGE is set."""
+    return os.path.join(os.path.abspath(cfg.output_dir), "ray")
+
+
+def run_name(cfg: Config) -> str:
+    """Ray's RunConfig name for `launcher train`.
+
+    Under the default storage (<output_dir>/ray) the run is alone and keeps the plain name
+    "train". Storage shared by many runs (a bucket, an NFS folder, $LAUNCHER_STORAGE) gets a
+    name derived from the absolute output_dir: Ray Train restores whatever run of the same
+    name it finds there, so a shared name would make a new run continue an old one. The same
+    output_dir maps to the same name, which keeps `--resume` working.
+    """
+    from launcher.config import storage_path
+
+    if os.path.abspath(storage_path(cfg)) == default_storage(cfg) and not is_uri(storage_path(cfg)):
+        return "train"
+    out = os.path.abspath(cfg.output_dir)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(out.rstrip("/")) or "run").strip("-") or "run"
+    return f"{slug}-{hashlib.sha1(out.encode()).hexdigest()[:8]}"
+
+
+def clear_run(cfg: Config, name: str) -> None:
+    """Delete a previous run of this name in shared storage (`launcher train --overwrite`)."""
+    from launcher.config import storage_path
+
+    storage = storage_path(cfg)
+    if name != "train" or is_uri(storage):
+        delete(join(storage, name))
+
+
+def publish_best(best_dir: str, storage: str, name: str) -> Optional[str]:
+    """When run storage is a URI, copy the exported best/ to <storage>/<name>/best; returns that URI."""
+    if not is_uri(storage) or not os.path.isdir(best_dir):
+        return None
+    return upload_dir(best_dir, join(storage, name, "best"))
