@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from launcher.config import OptimConfig, SchedulerConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported inside the functions that build things: `launcher plan` uses warmup_steps
+# and must stay fast without torch.
 
 # transformers' get_scheduler covers every schedule we offer; only the names differ.
 _HF_SCHEDULE = {
@@ -20,6 +25,8 @@ _HF_SCHEDULE = {
 
 
 def _is_norm(module: nn.Module) -> bool:
+    from torch import nn
+
     # By type, not by parameter name: LayerNorm/GroupNorm/BatchNorm and the RMSNorm/LayerNorm
     # classes that model files define themselves (LlamaRMSNorm, T5LayerNorm, ...).
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
@@ -46,6 +53,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
+    import torch
+
     groups = parameter_groups(model, cfg.weight_decay)
     if cfg.name == "adafactor":
         from transformers.optimization import Adafactor
