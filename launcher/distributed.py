@@ -72,9 +72,8 @@ def _describe(resources: dict) -> str:
     return ", ".join(f"{k}={resources[k]:g}" for k in keys if k in resources) or "no resources"
 
 
-def scaling_config(cfg: Config):
-    from ray.train import ScalingConfig
-
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """Ray resources each Train worker reserves (also shown by `launcher plan`)."""
     r = cfg.ray
     resources: dict[str, float] = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
@@ -83,7 +82,14 @@ def scaling_config(cfg: Config):
         # One worker per TPU host, holding all of its chips (use_tpu=True would pick Ray's
         # torch_tpu backend, which is not torch-xla; see docs).
         resources["TPU"] = float(os.environ.get("LAUNCHER_TPU_CHIPS_PER_HOST", 4))
-    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources,
+    return resources
+
+
+def scaling_config(cfg: Config):
+    from ray.train import ScalingConfig
+
+    r = cfg.ray
+    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_resources(cfg),
                          placement_strategy=r.placement_strategy)
 
 
