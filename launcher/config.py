@@ -169,6 +169,8 @@ class RayConfig:
     """CPUs reserved per worker (fractions allowed: several small trials share a machine)."""
     gpus_per_worker: float = 1.0
     """GPUs per worker when use_gpu."""
+    tpus_per_worker: int = 4
+    """accelerator tpu: TPU chips each worker reserves, all chips of one TPU host (v4/v5p hosts: 4; 8-chip v5e/v6e hosts: 8)."""
     strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     """Data-parallel strategy: ddp everywhere; fsdp and deepspeed on GPUs only."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
@@ -339,6 +341,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("ray.accelerator", "gpu needs ray.use_gpu true", "add --ray.use_gpu true")
     if r.accelerator == "tpu" and (r.use_gpu or r.strategy != "ddp"):
         raise ConfigError("ray.accelerator", "tpu runs its own XLA data parallelism", "leave ray.use_gpu false and ray.strategy ddp")
+    _check(r.tpus_per_worker >= 1, "ray.tpus_per_worker", f"must be >= 1, got {r.tpus_per_worker}")
+    if r.accelerator == "tpu" and t.precision not in ("32-true", "32", "bf16-mixed", "bf16-true"):
+        raise ConfigError("train.precision", f"{t.precision} is not available on TPUs (XLA)", "use bf16-mixed, bf16-true or 32-true")
 
 
 def _check(ok: bool, key: str, message: str, fix: str = "") -> None:
