@@ -91,7 +91,9 @@ class ReportCallback(pl.Callback):
         metrics.update(epoch=self._epoch(trainer), step=trainer.global_step, kind=kind)
         value = metrics.get(self.monitor)
         if kind == "val" and value is not None and math.isfinite(value):
-            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            # Ties go to the later epoch, as Ray's top-k checkpoint ordering does, so the epoch we
+            # call best is always one whose checkpoint Ray kept.
+            better = self.best is None or (value >= self.best if self.mode == "max" else value <= self.best)
             if better:
                 self.best, self.best_epoch = value, metrics["epoch"]
                 torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.best_weights)

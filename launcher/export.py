@@ -75,8 +75,9 @@ def best_checkpoint(result, monitor: str, mode: str):
     candidates = [(c, m) for c, m in (result.best_checkpoints or []) if _finite(m.get(monitor))]
     if not candidates:
         return (result.checkpoint, result.metrics or {}) if result.checkpoint else (None, {})
-    pick = max if mode == "max" else min
-    return pick(candidates, key=lambda cm: cm[1][monitor])
+    # Ties go to the later epoch, matching Ray's top-k ordering and the workers' best tracking.
+    sign = 1.0 if mode == "max" else -1.0
+    return max(candidates, key=lambda cm: (sign * cm[1][monitor], float(cm[1].get("epoch", 0))))
 
 
 def _finite(v) -> bool:

@@ -274,12 +274,14 @@ def build_loaders(task, cfg: Config, splits: dict, tokenizer, rank: int, world: 
     from torch.utils.data import DataLoader
 
     from launcher.data import EvalShard, TrainBatchSampler
+    from launcher.resume import ResumableLoader
 
     collate = task.collator(tokenizer)
     common = {"collate_fn": collate, "num_workers": cfg.data.num_workers, "persistent_workers": cfg.data.num_workers > 0}
     train = splits["train"]
     sampler = TrainBatchSampler(task.lengths(train), cfg.train.batch_size, rank, world, cfg.train.seed, cfg.train.group_by_length)
-    loaders = {"train": DataLoader(train, batch_sampler=sampler, **common)}
+    # Resumable: a worker group restarted mid-epoch continues with the batches not yet trained.
+    loaders = {"train": ResumableLoader(train, batch_sampler=sampler, **common)}
     eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size * 2
     for name in ("validation", "test"):
         if name in splits:

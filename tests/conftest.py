@@ -91,7 +91,7 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
 @pytest.fixture
 def sentiment_files(tmp_path):
     return {
-        "train": write_csv(str(tmp_path / "train.csv"), sentiment_rows(96, seed=1)),
+        "train": write_csv(str(tmp_path / "train.csv"), sentiment_rows(240, seed=1)),
         "validation": write_csv(str(tmp_path / "val.csv"), sentiment_rows(30, seed=2)),
         "test": write_csv(str(tmp_path / "test.csv"), sentiment_rows(30, seed=3)),
     }
@@ -109,7 +109,7 @@ def base_config(model: str, files: dict, output_dir: str, task: str = "sequence-
     cfg.data.max_length = 32
     cfg.optim.lr = 5e-3
     cfg.train.max_epochs = 2
-    cfg.train.batch_size = 8
+    cfg.train.batch_size = 4
     cfg.train.accumulate_grad_batches = 2
     cfg.ray.num_workers = 2
     cfg.ray.cpus_per_worker = 0.5
@@ -145,3 +145,21 @@ def run_cli(*args: str, cwd: str | None = None, env: dict | None = None, timeout
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def as_rank0_of_two(make, other):
+    """A torchmetrics Metric whose compute() syncs as rank 0 of a 2-rank job would, without a process group.
+
+    `make(**kwargs)` builds the metric; its gather returns [own state, `other`'s state] for each state
+    (what all_gather hands rank 0), and torchmetrics concatenates them as in a real DDP sync.
+    """
+    from torchmetrics.utilities import dim_zero_cat
+
+    calls = []
+
+    def gather(tensor, group=None):
+        theirs = [dim_zero_cat(v) for v in other.metric_state.values()]
+        calls.append(1)
+        return [tensor, theirs[(len(calls) - 1) % len(theirs)]]
+
+    return make(dist_sync_fn=gather, distributed_available_fn=lambda: True)
