@@ -26,13 +26,20 @@ def init_ray(cfg: Config, **kwargs) -> None:
         return
     env_vars = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
                 "TOKENIZERS_PARALLELISM": "false"}
+    if cfg.ray.accelerator == "tpu":
+        from launcher import xla
+
+        env_vars.update(xla.worker_env())  # PJRT_DEVICE=CPU on the driver: the workers run XLA on CPU too
     runtime_env = {"env_vars": env_vars}
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, runtime_env=runtime_env, log_to_driver=True, **kwargs)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # Inside `ray job submit` RAY_ADDRESS points at the job's cluster.
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True, **kwargs)
     else:
         # The dashboard (bound to loopback only) also serves the state API that Ray Train uses to
         # clean up placement groups; without it Train logs a warning every few seconds.
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": always a fresh local Ray, never a stray one that `ray start` left running.
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env=runtime_env, log_to_driver=True, **kwargs)
 
 
@@ -56,15 +63,46 @@ def check_resources(cfg: Config, resources: dict, trials: int = 1) -> None:
             raise ConfigError("ray.use_gpu", f"{r.num_workers} workers x {r.gpus_per_worker} GPUs asked, the cluster has {gpus:g} GPUs",
                               "set --ray.use_gpu false or run on a cluster with GPUs")
     if r.accelerator == "tpu":
-        tpus = resources.get("TPU", 0)
-        if tpus <= 0 and not os.environ.get("LAUNCHER_XLA_CPU"):
-            raise ConfigError("ray.accelerator", f"tpu asked, the cluster has no TPU resources (it has {_describe(resources)})",
-                              "run on TPU VM hosts or use --ray.accelerator cpu")
+        _check_tpus(cfg, resources)
     # Every node adds 1 to its node:<ip> resource; nodes sharing an IP (one machine) share the key.
     nodes = round(sum(v for k, v in resources.items() if k.startswith("node:") and not k.startswith("node:__internal")))
     if nodes > 1 and "://" not in storage_path(cfg) and not cfg.ray.storage_path:
         raise ConfigError("ray.storage_path", f"the cluster has {nodes} nodes but run storage is the local folder {storage_path(cfg)}",
                           "set ray.storage_path to a shared NFS path or an s3:// / gs:// URI")
+
+
+def _check_tpus(cfg: Config, resources: dict, hosts: Optional[list[float]] = None) -> None:
+    """One worker per TPU host: enough hosts with `ray.tpus_per_worker` free chips each.
+
+    `hosts` (TPU chips of each alive node) defaults to what the running Ray reports.
+    """
+    from launcher import xla
+
+    r = cfg.ray
+    if xla.cpu_lane():
+        # PJRT_DEVICE=CPU: the XLA CPU test lane; workers need torch-xla, no TPU resources.
+        if not cfg.ray.address:
+            xla.require_torch_xla("on this machine (PJRT_DEVICE=CPU runs the Ray workers here)")
+        return
+    tpus = resources.get("TPU", 0)
+    if hosts is None:
+        hosts = _tpu_hosts()
+    fit = sum(1 for chips in hosts if chips >= r.tpus_per_worker)
+    if tpus < r.num_workers * r.tpus_per_worker or fit < r.num_workers:
+        sizes = ", ".join(f"{c:g}" for c in sorted(hosts, reverse=True) if c) or "none"
+        raise ConfigError("ray.accelerator",
+                          f"tpu: {r.num_workers} worker(s) x {r.tpus_per_worker} TPU chips (one worker per host) asked; the cluster has "
+                          f"{tpus:g} TPU chips (chips per host: {sizes}; {_describe(resources)})",
+                          "run on TPU VM hosts (cluster/gcp-tpu.yaml, cluster/kuberay/raycluster-tpu.yaml), set ray.num_workers to the "
+                          "TPU hosts and ray.tpus_per_worker to the chips per host, or use --ray.accelerator cpu")
+
+
+def _tpu_hosts() -> list[float]:
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    return [float(n.get("Resources", {}).get("TPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
 def _describe(resources: dict) -> str:
@@ -78,11 +116,25 @@ def worker_resources(cfg: Config) -> dict[str, float]:
     resources: dict[str, float] = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
         resources["GPU"] = r.gpus_per_worker
-    if r.accelerator == "tpu" and not os.environ.get("LAUNCHER_XLA_CPU"):
+    if r.accelerator == "tpu" and not _xla_cpu_lane():
         # One worker per TPU host, holding all of its chips (use_tpu=True would pick Ray's
-        # torch_tpu backend, which is not torch-xla; see docs).
-        resources["TPU"] = float(os.environ.get("LAUNCHER_TPU_CHIPS_PER_HOST", 4))
+        # torch_tpu backend, which is not torch-xla; see launcher/xla.py).
+        resources["TPU"] = float(r.tpus_per_worker)
     return resources
+
+
+def _xla_cpu_lane() -> bool:
+    from launcher import xla
+
+    return xla.cpu_lane()
+
+
+def placement_strategy(cfg: Config) -> str:
+    """TPU workers are spread one per host (and placed all together: a placement group is gang-scheduled)."""
+    r = cfg.ray
+    if r.accelerator == "tpu" and not _xla_cpu_lane() and r.num_workers > 1:
+        return "STRICT_SPREAD"
+    return r.placement_strategy
 
 
 def scaling_config(cfg: Config):
@@ -90,7 +142,7 @@ def scaling_config(cfg: Config):
 
     r = cfg.ray
     return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_resources(cfg),
-                         placement_strategy=r.placement_strategy)
+                         placement_strategy=placement_strategy(cfg))
 
 
 def run_config(cfg: Config, name: str, monitor: str, mode: Optional[str], callbacks: Optional[list] = None,
@@ -125,6 +177,12 @@ def lightning_kwargs(cfg: Config) -> dict[str, Any]:
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
 
     r = cfg.ray
+    if r.accelerator == "tpu":
+        # torch-xla inside the Ray worker; Ray's Lightning strategies and prepare_trainer do not apply.
+        from launcher import xla
+
+        rank, world = worker_context()
+        return {"strategy": xla.build_strategy(cfg, rank, world), "plugins": [], "accelerator": "auto", "devices": 1}
     if r.strategy == "fsdp":
         from ray.train.lightning import RayFSDPStrategy
 
@@ -146,9 +204,20 @@ def lightning_kwargs(cfg: Config) -> dict[str, Any]:
 
 
 def prepare(trainer):
+    if getattr(trainer.strategy, "launcher_xla", False):
+        return trainer  # prepare_trainer only accepts Ray's own strategies
     from ray.train.lightning import prepare_trainer
 
     return prepare_trainer(trainer)
+
+
+def worker_callbacks(cfg: Config) -> list:
+    """Extra Lightning callbacks of this accelerator (XLA: the compile count per epoch)."""
+    if cfg.ray.accelerator == "tpu":
+        from launcher import xla
+
+        return xla.worker_callbacks()
+    return []
 
 
 def worker_context() -> tuple[int, int]:
