@@ -192,14 +192,38 @@ class TrainBatchSampler:
         self.group_by_length = group_by_length
         self.epoch = 0
         self.per_rank = math.ceil(len(lengths) / world)
+        # Resuming mid-epoch: the next iteration starts at batch `start` of `epoch` (see
+        # launcher.resume.ResumableLoader); `offset` is where the current iteration started.
+        self.start = 0
+        self.offset = 0
+
+    @property
+    def sampler(self) -> "TrainBatchSampler":
+        # Lightning calls set_epoch on `loader.sampler` and `loader.batch_sampler.sampler`, never on
+        # the batch sampler itself: without this every epoch would repeat epoch 0's order.
+        return self
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start = 0
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue `epoch` after its first `batches_done` batches (the next epoch when it was complete)."""
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self.start = epoch, batches_done
 
     def __len__(self) -> int:
         return batches_per_rank(len(self.lengths), self.world, self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        # The same epoch order as an uninterrupted run, minus the batches already trained.
+        self.offset, self.start = self.start, 0
+        yield from self.epoch_batches()[self.offset:]
+
+    def epoch_batches(self) -> list[list[int]]:
+        """This rank's batches of `self.epoch`, in order."""
         import torch
 
         g = torch.Generator()
@@ -218,11 +242,8 @@ class TrainBatchSampler:
             full = [b for b in batches if len(b) == self.batch_size]
             rest = [b for b in batches if len(b) != self.batch_size]
             perm = torch.randperm(len(full), generator=g).tolist()
-            batches = [full[i] for i in perm] + rest
-            yield from batches
-            return
-        for i in range(0, len(mine), self.batch_size):
-            yield mine[i : i + self.batch_size]
+            return [full[i] for i in perm] + rest
+        return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 
 
 class EvalShard:

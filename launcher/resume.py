@@ -1,0 +1,71 @@
+"""Resuming exactly where a run stopped: the data position inside an epoch, and `--resume` of a run.
+
+Ray Train restarts a worker group from the latest reported checkpoint. Lightning restores the model,
+optimizer, scheduler, global_step and its loop counters from that checkpoint, but a plain DataLoader
+starts its epoch from the first batch again: a run resumed mid-epoch would train the epoch's first
+batches twice and never see its last ones. `ResumableLoader` closes that gap with Lightning's own
+stateful-loader protocol (`state_dict`/`load_state_dict`, saved under the fit loop's state in every
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from torch.utils.data import DataLoader
+
+from launcher.config import Config, ConfigError, storage_path
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader over a `launcher.data.TrainBatchSampler` that Lightning can resume.
+
+    The position saved is the number of batches this loader has handed to the training loop in the
+    current epoch (torch's iterator counts them, so DataLoader worker prefetching does not inflate
+    it; Lightning itself does not prefetch loaders of known length). On load, the sampler skips
+    those batches of that epoch, so a resumed run trains the same batches in the same order as an
+    uninterrupted one.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last_iterator = None
+
+    def __iter__(self):
+        self._last_iterator = super().__iter__()
+        return self._last_iterator
+
+    def state_dict(self) -> dict:
+        sampler = self.batch_sampler
+        yielded = getattr(self._last_iterator, "_num_yielded", 0) if self._last_iterator is not None else 0
+        return {"epoch": sampler.epoch, "batches_done": sampler.offset + yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
+
+
+# ---------------------------------------------------------------------- `launcher train --resume`
+
+
+def run_dir(cfg: Config, name: str) -> str:
+    return os.path.join(storage_path(cfg), name)
+
+
+def check_resumable(cfg: Config, name: str = "train") -> None:
+    """`--resume` needs the Ray run state of a previous run of this output_dir. Raises ConfigError."""
+    path = run_dir(cfg, name)
+    if "://" in path:
+        return  # remote storage: Ray itself finds (or does not find) the run state
+    if not os.path.isdir(path) or not any(n.startswith("checkpoint_") for n in os.listdir(path)):
+        raise ConfigError("--resume", f"no checkpoint to resume in {path}",
+                          "run without --resume (add --overwrite to replace output_dir), or point ray.storage_path at the run's storage")
+
+
+def latest_checkpoint_dir(cfg: Config, name: str = "train") -> Optional[str]:
+    """The newest checkpoint folder of a local run (for messages and tests)."""
+    path = run_dir(cfg, name)
+    if not os.path.isdir(path):
+        return None
+    found = sorted(n for n in os.listdir(path) if n.startswith("checkpoint_"))
+    return os.path.join(path, found[-1]) if found else None

@@ -1,0 +1,107 @@
+"""Resuming mid-epoch trains the same batches in the same order as an uninterrupted run.
+
+Plain Lightning (no Ray): a run is cut by an exception right after a checkpoint, then a new Trainer
+resumes from that checkpoint, as a restarted Ray Train worker group does. Seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pl = pytest.importorskip("lightning.pytorch")
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from launcher.data import TrainBatchSampler  # noqa: E402
+from launcher.resume import ResumableLoader  # noqa: E402
+
+N, BATCH, ACCUM, EPOCHS = 27, 2, 2, 3  # 14 batches and 7 optimizer steps per epoch
+
+
+class Recorder(pl.LightningModule):
+    def __init__(self, seen: list):
+        super().__init__()
+        self.lin = torch.nn.Linear(1, 1)
+        self.seen = seen
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((self.current_epoch, tuple(batch.tolist())))
+        return self.lin(batch.float().unsqueeze(-1)).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CheckpointThenCrash(pl.Callback):
+    """Saves a checkpoint after optimizer step `at` and dies, like a worker killed right after a report."""
+
+    def __init__(self, at: int, path: str):
+        self.at, self.path = at, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:  # first batch end after optimizer step `at`
+            trainer.save_checkpoint(self.path)
+            raise Crash()
+
+
+def _loader(cls, num_workers: int = 0):
+    sampler = TrainBatchSampler([1] * N, BATCH, rank=0, world=1, seed=3, group_by_length=False)
+    return cls(list(range(N)), batch_sampler=sampler, num_workers=num_workers)
+
+
+def _trainer(callbacks=()):
+    return pl.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks), accelerator="cpu")
+
+
+def _run(cls, at: int, tmp_path, num_workers: int = 0):
+    """(uninterrupted batches, interrupted+resumed batches, final global_step of each)."""
+    warnings.filterwarnings("ignore")
+    ref: list = []
+    t = _trainer()
+    t.fit(Recorder(ref), _loader(cls, num_workers))
+    path = str(tmp_path / f"cut-{at}.ckpt")
+    seen: list = []
+    with pytest.raises(Crash):
+        _trainer([CheckpointThenCrash(at, path)]).fit(Recorder(seen), _loader(cls, num_workers))
+    resumed = _trainer()
+    resumed.fit(Recorder(seen), _loader(cls, num_workers), ckpt_path=path)
+    return ref, seen, t.global_step, resumed.global_step
+
+
+@pytest.mark.parametrize("at", [3, 7, 10, 14])  # mid-epoch 1, end of epoch 1, mid-epoch 2, end of epoch 2
+def test_resume_repeats_and_skips_nothing(at, tmp_path):
+    ref, seen, steps, resumed_steps = _run(ResumableLoader, at, tmp_path)
+    assert resumed_steps == steps == EPOCHS * 7
+    assert seen == ref  # same batches, same order, each once
+
+
+def test_resume_with_dataloader_workers(tmp_path):
+    ref, seen, steps, resumed_steps = _run(ResumableLoader, 10, tmp_path, num_workers=2)
+    assert resumed_steps == steps and seen == ref
+
+
+def test_plain_dataloader_would_repeat_batches(tmp_path):
+    """Why ResumableLoader exists: Lightning restarts a plain loader's epoch from its first batch."""
+    ref, seen, steps, resumed_steps = _run(DataLoader, 3, tmp_path)
+    assert resumed_steps == steps  # the step count alone does not reveal it
+    assert seen != ref
+    epoch0 = [b for e, b in seen if e == 0]
+    assert len(epoch0) == len(set(epoch0)) + 6  # the 6 batches before the cut ran twice
+
+
+def test_epochs_are_shuffled_differently():
+    """Lightning reaches TrainBatchSampler.set_epoch (through `.sampler`), so epochs differ."""
+    ref: list = []
+    warnings.filterwarnings("ignore")
+    _trainer().fit(Recorder(ref), _loader(ResumableLoader))
+    by_epoch = [[b for e, b in ref if e == k] for k in range(EPOCHS)]
+    assert by_epoch[0] != by_epoch[1] != by_epoch[2]
+    assert all(sorted(i for b in batches for i in b) == list(range(N)) for batches in by_epoch)
