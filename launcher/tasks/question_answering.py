@@ -170,8 +170,8 @@ class SquadMetric(torchmetrics.Metric):
 
     full_state_update = False
 
-    def __init__(self, examples: dict, version_2: bool, threshold: float):
-        super().__init__()
+    def __init__(self, examples: dict, version_2: bool, threshold: float, **kwargs):
+        super().__init__(**kwargs)
         self.contexts = examples["context"]
         self.golds = examples["answers"]
         self.version_2, self.threshold = version_2, threshold

@@ -141,8 +141,8 @@ class SeqevalMetric(torchmetrics.Metric):
 
     full_state_update = False
 
-    def __init__(self, id2label: list[str], scheme: str = "IOB2"):
-        super().__init__()
+    def __init__(self, id2label: list[str], scheme: str = "IOB2", **kwargs):
+        super().__init__(**kwargs)
         self.id2label = list(id2label)
         self.scheme = scheme
         self.add_state("preds", default=[], dist_reduce_fx="cat")

@@ -1,0 +1,96 @@
+"""base task: head import paths, the example head's pooling and loss, one Ray run with export and predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import base_config, make_tiny_bert, run_cli, sentiment_rows, write_csv
+from launcher.config import ConfigError
+from launcher.heads import MeanPoolClassifier
+from launcher.tasks.base_head import BaseTask, load_head_class
+
+
+@pytest.mark.parametrize("path, message", [
+    ("", "is required for task base"),
+    ("launcher.heads.MeanPoolClassifier", "is not an import path"),
+    ("launcher.no_such_module:Head", "cannot import launcher.no_such_module"),
+    ("launcher.heads:MeanPool", "launcher.heads has no MeanPool .* MeanPoolClassifier"),
+    ("launcher.heads:F", "is not a torch.nn.Module class"),
+])
+def test_bad_head_paths_name_the_option(path, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_head_class(path)
+    assert e.value.key == "task_options.head"
+
+
+def test_bad_head_args_fail_before_ray(tmp_path, tiny_bert, sentiment_files):
+    from launcher import train
+
+    cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "out"), task="base",
+                      task_options={"head": "launcher.heads:MeanPoolClassifier", "head_args": {"hidden": 3}})
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'hidden'") as e:
+        train.prepare(cfg)
+    assert e.value.key == "task_options.head_args"
+    cfg.task_options = {"head": "launcher.heads:nope"}
+    with pytest.raises(ConfigError) as e:
+        BaseTask(cfg)
+    assert e.value.key == "task_options.head"
+
+
+def test_mean_pool_classifier_ignores_padding():
+    head = MeanPoolClassifier(types.SimpleNamespace(hidden_size=2), num_labels=2, dropout=0.0)
+    with torch.no_grad():
+        head.classifier.weight.copy_(torch.eye(2))
+        head.classifier.bias.zero_()
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # last position is padding
+    batch = {"attention_mask": torch.tensor([[1, 1, 0]]), "labels": torch.tensor([1])}
+    out = head(types.SimpleNamespace(last_hidden_state=hidden), batch)
+    assert out["logits"].tolist() == [[2.0, 3.0]]  # mean of the two real tokens
+    assert float(out["loss"].detach()) == pytest.approx(float(F.cross_entropy(torch.tensor([[2.0, 3.0]]), torch.tensor([1]))))
+    assert set(head.build_metrics()) == {"accuracy", "f1"}
+
+
+@pytest.mark.ray
+def test_ray_run_exports_backbone_and_head(tmp_path, ray_session):
+    from transformers import AutoModel, pipeline
+
+    from launcher import train
+    from launcher.data import optimizer_steps
+    from launcher.tasks.base_head import load_exported
+
+    model = make_tiny_bert(str(tmp_path / "bert"))
+    train_rows, val_rows = sentiment_rows(40, seed=1), sentiment_rows(14, seed=2)
+    files = {"train": write_csv(str(tmp_path / "train.csv"), train_rows), "validation": write_csv(str(tmp_path / "val.csv"), val_rows)}
+    cfg = base_config(model, files, str(tmp_path / "out"), task="base",
+                      task_options={"head": "launcher.heads:MeanPoolClassifier", "head_args": {"dropout": 0.0}})
+    results = train.run(cfg)
+
+    assert results["monitor"] == "val_loss"
+    last = results["epochs"][-1]
+    assert "val_loss" in last and 0.0 <= last["val_accuracy"] <= 1.0 and 0.0 <= last["val_f1"] <= 1.0
+    assert results["global_step"] == optimizer_steps(len(train_rows), 2, 8, 2, 2)
+
+    best = os.path.join(cfg.output_dir, "best")
+    with open(os.path.join(best, "launcher.json")) as f:
+        info = json.load(f)
+    assert info["head"] == "launcher.heads:MeanPoolClassifier"
+    assert info["head_args"] == {"dropout": 0.0, "num_labels": 2}  # num_labels filled in from the labels
+    assert type(AutoModel.from_pretrained(best)).__name__ == "BertModel"
+    features = pipeline("feature-extraction", model=best)("the film was good")
+    assert len(features[0][0]) == 32  # hidden size of the tiny BERT
+    reloaded = load_exported(best)
+    assert reloaded.head.classifier.weight.shape == (2, 32)
+
+    inputs = write_csv(str(tmp_path / "texts.csv"), [{"text": r["text"]} for r in val_rows[:6]])
+    out = str(tmp_path / "pred.jsonl")
+    proc = run_cli("predict", "--model", best, "--input", inputs, "--output", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in open(out)]
+    assert [r["text"] for r in rows] == [r["text"] for r in val_rows[:6]]
+    assert all(r["label"] in ("neg", "pos") and len(r["logits"]) == 2 for r in rows)
