@@ -17,7 +17,8 @@ CHECKPOINT_NAME = "checkpoint.ckpt"
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss became NaN or infinite. Deterministic: a restart from a checkpoint would repeat it,
+    so train_loop ends the run and the driver raises this, instead of Ray retrying the workers."""
 
 
 def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -51,19 +52,16 @@ class ReportCallback(pl.Callback):
         self.best_weights = os.path.join(self.tmp, "best_weights.pt")
         self._last_step_reported = -1
 
-    # Lightning persists this in checkpoints, so a restarted worker group knows the best so far.
+    # Lightning persists this in checkpoints, so a restarted worker group knows the best so far
+    # (and does not report the step it resumed at a second time).
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        return {"best": self.best, "best_epoch": self.best_epoch, "last_step_reported": self._last_step_reported}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        self._last_step_reported = state.get("last_step_reported", -1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLoss(
-                f"loss is {float(loss.detach())} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, batch {batch_idx}): "
-                "lower optim.lr, set train.gradient_clip_val, or check the data")
         n = self.every_n_steps
         step = trainer.global_step
         if n and step > 0 and step % n == 0 and step != self._last_step_reported:
@@ -77,7 +75,8 @@ class ReportCallback(pl.Callback):
     def _epoch(self, trainer) -> float:
         # Completed epochs, fractional when validating mid-epoch.
         total = trainer.num_training_batches
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # `processed`, not `completed`: in on_train_batch_end the current batch is not yet completed.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if not total or total == float("inf") or done >= total:
             return float(trainer.current_epoch + 1)
         return round(trainer.current_epoch + done / total, 4)
@@ -112,14 +111,71 @@ class ReportCallback(pl.Callback):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     def load_best(self, pl_module) -> bool:
-        if not os.path.exists(self.best_weights):
+        if os.path.exists(self.best_weights):
+            pl_module.load_state_dict(torch.load(self.best_weights, map_location="cpu", weights_only=True))
+            return True
+        if self.best is None:
             return False
-        pl_module.load_state_dict(torch.load(self.best_weights, map_location="cpu", weights_only=True))
-        return True
+        # A restarted worker group knows the best value (restored state) but not its weights, which
+        # lived on the old workers' disks: read them from the checkpoint Ray kept for that epoch.
+        import ray.train
+
+        for reported in ray.train.get_all_reported_checkpoints():
+            m = reported.metrics
+            if m.get("kind") == "val" and m.get("epoch") == self.best_epoch and m.get(self.monitor) == self.best:
+                with reported.checkpoint.as_directory() as d:
+                    state = torch.load(os.path.join(d, CHECKPOINT_NAME), map_location="cpu", weights_only=False)
+                pl_module.load_state_dict(state["state_dict"])
+                return True
+        return False
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stops the run on a NaN/inf loss, or skips optimizer steps whose gradients are not finite.
+
+    Both decisions are taken by all ranks together (one tiny all-reduce), so every rank stops or
+    skips at the same step: a rank that stopped alone would leave the others waiting in DDP.
+    """
+
+    def __init__(self, skip: bool = False, run_log=None):
+        self.skip = skip
+        self.run_log = run_log
+        self.skipped = 0
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = state.get("skipped", 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.skip:
+            return  # on_before_optimizer_step drops such steps
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        local_bad = loss is not None and not bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(local_bad, all=False):
+            value = f"{float(loss.detach())}" if local_bad else "not finite (on another worker)"
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+            raise NonFiniteLoss(
+                f"loss is {value} at step {trainer.global_step} (epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}): "
+                f"lower optim.lr (the lr was {lr:.3g}), or set train.skip_nonfinite_batches true to skip such steps")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.skip:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        local_bad = bool(grads) and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if trainer.strategy.reduce_boolean_decision(local_bad, all=False):
+            # Parameters without gradients are left alone by the optimizer: this step changes nothing.
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            if trainer.global_rank == 0:
+                sys.stderr.write(f"[launcher] step {trainer.global_step + 1}: loss or gradients not finite, "
+                                 f"optimizer step skipped ({self.skipped} so far)\n")
 
 
 class ProgressLog(pl.Callback):

@@ -141,6 +141,8 @@ class TrainConfig:
     """Log loss and learning rate every N optimizer steps."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms (slower)."""
+    skip_nonfinite_batches: bool = False
+    """Skip optimizer steps whose loss or gradients are NaN/inf (counted in results.json) instead of stopping with an error."""
 
 
 @dataclass

@@ -134,6 +134,10 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", resume: bool = Fal
     wall = time.time() - start
     if getattr(result, "error", None) is not None:
         raise result.error
+    if log.get("fatal"):
+        from launcher.callbacks import NonFiniteLoss
+
+        raise NonFiniteLoss(log["fatal"][-1]["message"])
     history = dedupe_history(log.get("report", []))
     test = (log.get("test") or [{}])[-1]
     end = (log.get("end") or [{}])[-1]
@@ -195,7 +199,7 @@ def train_loop(loop_config: dict) -> None:
     import torch
 
     from launcher import distributed
-    from launcher.callbacks import CHECKPOINT_NAME, ProgressLog, ReportCallback
+    from launcher.callbacks import CHECKPOINT_NAME, NonFiniteGuard, NonFiniteLoss, ProgressLog, ReportCallback
     from launcher.data import from_table
     from launcher.tasks import get_task
 
@@ -216,7 +220,8 @@ def train_loop(loop_config: dict) -> None:
     loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
 
     report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, run_log)
-    callbacks = [report, ProgressLog(cfg.logging.progress_every_s)] + list(loop_config.get("callbacks", []))
+    guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches, run_log)
+    callbacks = [report, guard, ProgressLog(cfg.logging.progress_every_s)] + list(loop_config.get("callbacks", []))
     t = cfg.train
     trainer = pl.Trainer(
         max_epochs=t.max_epochs if t.max_steps < 0 else -1,
@@ -244,10 +249,18 @@ def train_loop(loop_config: dict) -> None:
     if checkpoint is not None:
         local = checkpoint.to_directory()
         ckpt_path = os.path.join(local, CHECKPOINT_NAME)
-    trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"], ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"], ckpt_path=ckpt_path)
+    except NonFiniteLoss as e:
+        # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead
+        # of raising keeps Ray from restarting the workers into the same NaN; the driver raises it.
+        if rank == 0:
+            ray.get(run_log.record.remote("fatal", {"message": str(e)}))
+        return
 
     if rank == 0:
-        run_log.record.remote("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch})
+        run_log.record.remote("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch,
+                                      "skipped_steps": guard.skipped})
     if "test" in loaders:
         on_best = report.load_best(module)
         trainer.test(module, dataloaders=loaders["test"], verbose=False)
