@@ -40,6 +40,7 @@ def prepare(cfg: Config):
 
     config_lib.validate(cfg)
     check_paths(cfg)
+    absolute_paths(cfg)
     task = get_task(cfg.task)(cfg)
     model_config = task.model_config()
     tokenizer = task.load_tokenizer()
@@ -53,6 +54,19 @@ def prepare(cfg: Config):
             raise ConfigError(f"data.{name}_file", f"no {name} examples left after preprocessing", "check the data and data.max_length")
     return Prepared(task=task, splits=tokenized, meta=meta, tokenizer=tokenizer,
                     sizes={k: len(v) for k, v in tokenized.items()})
+
+
+def absolute_paths(cfg: Config) -> None:
+    """Relative output_dir and local model paths → absolute, on the driver.
+
+    Ray Train workers run in a folder of their own (and a Ray job's driver in its working_dir),
+    so a relative path in the config would point somewhere else in the workers.
+    """
+    cfg.output_dir = os.path.abspath(cfg.output_dir)
+    for attr in ("name_or_path", "tokenizer"):
+        value = getattr(cfg.model, attr)
+        if value and not os.path.isabs(value) and os.path.exists(value):
+            setattr(cfg.model, attr, os.path.abspath(value))
 
 
 def check_output_dir(cfg: Config, overwrite: bool, resume: bool) -> None:
