@@ -209,16 +209,22 @@ class ProgressLog(pl.Callback):
         m = trainer.callback_metrics
         loss = float(m["train_loss_step"]) if "train_loss_step" in m else float("nan")
         lr = float(m["lr"]) if "lr" in m else float("nan")
-        print(f"[launcher] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {step}/{total} "
-              f"({100 * step / max(total, 1):.0f}%) loss {loss:.4f} lr {lr:.3g} {rate:.2f} steps/s ETA {_fmt(eta)}",
-              file=sys.stderr, flush=True)
+        say(f"[launcher] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {step}/{total} "
+            f"({100 * step / max(total, 1):.0f}%) loss {loss:.4f} lr {lr:.3g} {rate:.2f} steps/s ETA {_fmt(eta)}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.global_rank != 0 or trainer.sanity_checking:
             return
         vals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         text = " ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items()))
-        print(f"[launcher] validation after epoch {trainer.current_epoch + 1}: {text}", file=sys.stderr, flush=True)
+        say(f"[launcher] validation after epoch {trainer.current_epoch + 1}: {text}")
+
+
+def say(line: str) -> None:
+    # Not print(): Ray Train patches print() into its logger and also tees it to a wrapped stderr,
+    # which shows every line twice.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _fmt(seconds: float) -> str:

@@ -60,7 +60,7 @@ def tiny_bert(tmp_path_factory) -> str:
     return make_tiny_bert(str(tmp_path_factory.mktemp("tiny-bert")))
 
 
-def sentiment_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 12) -> list[dict]:
+def sentiment_rows(n: int, seed: int = 0, min_len: int = 2, max_len: int = 6) -> list[dict]:
     """Texts whose label is decided by a sentiment word among filler; real variable lengths."""
     rng = random.Random(seed)
     rows = []
