@@ -68,13 +68,15 @@ def test_ray_run_exports_backbone_and_head(tmp_path, ray_session):
     train_rows, val_rows = sentiment_rows(40, seed=1), sentiment_rows(14, seed=2)
     files = {"train": write_csv(str(tmp_path / "train.csv"), train_rows), "validation": write_csv(str(tmp_path / "val.csv"), val_rows)}
     cfg = base_config(model, files, str(tmp_path / "out"), task="base",
-                      task_options={"head": "launcher.heads:MeanPoolClassifier", "head_args": {"dropout": 0.0}})
+                      task_options={"head": "launcher.heads:MeanPoolClassifier", "head_args": {"dropout": 0.0}},
+                      train={"max_epochs": 2, "accumulate_grad_batches": 2})
     results = train.run(cfg)
 
     assert results["monitor"] == "val_loss"
     last = results["epochs"][-1]
     assert "val_loss" in last and 0.0 <= last["val_accuracy"] <= 1.0 and 0.0 <= last["val_f1"] <= 1.0
-    assert results["global_step"] == optimizer_steps(len(train_rows), 2, 8, 2, 2)
+    t = cfg.train
+    assert results["global_step"] == optimizer_steps(len(train_rows), cfg.ray.num_workers, t.batch_size, t.accumulate_grad_batches, t.max_epochs)
 
     best = os.path.join(cfg.output_dir, "best")
     with open(os.path.join(best, "launcher.json")) as f:

@@ -212,14 +212,16 @@ def test_ray_run_exports_a_reader(tmp_path, ray_session):
     val_rows = qa_rows(12, 22)
     files = {"train": write_jsonl(str(tmp_path / "train.jsonl"), qa_rows(30, 21)),
              "validation": write_jsonl(str(tmp_path / "val.jsonl"), val_rows)}
-    cfg = base_config(model, files, str(tmp_path / "out"), task="question-answering", task_options={"doc_stride": 8})
+    cfg = base_config(model, files, str(tmp_path / "out"), task="question-answering", task_options={"doc_stride": 8},
+                      train={"max_epochs": 2, "accumulate_grad_batches": 2})
     features = train.prepare(cfg).sizes["train"]  # windows, not rows, are the training examples
     results = train.run(cfg)
 
     assert results["monitor"] == "val_f1"
     last = results["epochs"][-1]
     assert 0.0 <= last["val_exact_match"] <= 100.0 and 0.0 <= last["val_f1"] <= 100.0 and "val_loss" in last
-    assert results["global_step"] == optimizer_steps(features, 2, 8, 2, 2)
+    t = cfg.train
+    assert results["global_step"] == optimizer_steps(features, cfg.ray.num_workers, t.batch_size, t.accumulate_grad_batches, t.max_epochs)
 
     best = os.path.join(cfg.output_dir, "best")
     reader = AutoModelForQuestionAnswering.from_pretrained(best)

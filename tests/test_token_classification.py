@@ -193,14 +193,16 @@ def test_ray_run_exports_a_tagger(tmp_path, ray_session):
     train_rows, val_rows = ner_rows(40, 11), ner_rows(13, 12)
     files = {"train": write_conll(str(tmp_path / "train.conll"), train_rows),
              "validation": write_jsonl(str(tmp_path / "val.jsonl"), val_rows)}
-    cfg = base_config(model, files, str(tmp_path / "out"), task="token-classification", train={"max_epochs": 2})
+    cfg = base_config(model, files, str(tmp_path / "out"), task="token-classification",
+                      train={"max_epochs": 2, "accumulate_grad_batches": 2})
     results = train.run(cfg)
 
     assert results["monitor"] == "val_f1"
     last = results["epochs"][-1]
     for key in ("val_precision", "val_recall", "val_f1", "val_accuracy", "val_loss"):
         assert key in last and 0.0 <= last[key] <= 1.0 or key == "val_loss", key
-    assert results["global_step"] == optimizer_steps(len(train_rows), 2, 8, 2, 2)
+    t = cfg.train
+    assert results["global_step"] == optimizer_steps(len(train_rows), cfg.ray.num_workers, t.batch_size, t.accumulate_grad_batches, t.max_epochs)
 
     best = os.path.join(cfg.output_dir, "best")
     tagger = pipeline("token-classification", model=best)
