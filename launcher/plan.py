@@ -1,0 +1,464 @@
+"""Show what a config would do, without starting Ray: launcher plan CONFIG.yaml [--exact] [--json].
+
+Resources, placement, data sizes, batches and optimizer steps (the same formulas the training
+loop uses: launcher.data), warmup, where checkpoints, logs and the export go, and the memory that
+weights, gradients and optimizer state take per worker. For configs with a `tune:` section, also
+the number of trials and the search space.
+
+By default nothing heavy is imported (no torch, datasets or Ray), so a plan takes about a second:
+data rows are counted from the files directly and parameters from the checkpoint's safetensors
+header. `--exact` runs the driver's own preparation instead (the task's reader and tokenizer, the
+model built on torch's "meta" device): exact for every task, as slow as the start of a real run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import struct
+import sys
+import time
+from typing import Any, Optional
+
+import yaml
+
+from launcher import config as config_lib
+from launcher.config import Config, ConfigError
+
+PLAN_FLAGS = {
+    "--exact": "Read and tokenise the data with the task's own code and build the model on torch's meta device (exact, slower).",
+    "--json": "Print the plan as JSON.",
+}
+
+# Tasks that turn each data row into exactly one training example (when the generic reader reads
+# the file): their row counts are the training-set sizes and the step numbers are exact.
+ROW_TASKS = {"sequence-classification", "token-classification", "summarization", "translation", "base"}
+# Why the other tasks' example counts differ from row counts.
+DERIVED = {
+    "question-answering": "long contexts become several windows (stride) per question",
+    "language-modeling": "texts are packed into blocks of data.block_size tokens",
+    "pretraining": "texts are packed into blocks of data.block_size tokens",
+}
+CONLL_EXTENSIONS = (".conll", ".txt", ".bio", ".iob")
+
+# Bytes per parameter of weights (= gradients) and of each optimizer state, by precision.
+# Mixed precision keeps fp32 weights; autocast's half-precision copies are transient.
+_WEIGHT_BYTES = {"32-true": 4, "32": 4, "bf16-mixed": 4, "16-mixed": 4, "bf16-true": 2, "16-true": 2, "64-true": 8}
+_FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def main(argv: list[str]) -> int:
+    """Show resources, data sizes, optimizer steps, paths and memory of a config, without starting Ray."""
+    from launcher import cli
+
+    start = time.perf_counter()
+    cfg, flags = cli.parse(argv, "launcher plan", main.__doc__, extra_flags=PLAN_FLAGS)
+    if flags["print_config"]:
+        cli.print_config(cfg)
+        return 0
+    plan = build(cfg, exact=flags["exact"], tune=has_tune_section(argv))
+    plan["plan_seconds"] = round(time.perf_counter() - start, 2)
+    if flags["json"]:
+        print(json.dumps(plan, indent=2, default=str))
+    else:
+        print(render(plan))
+    return 0
+
+
+def has_tune_section(argv: list[str]) -> bool:
+    """A config is a search when its YAML has a `tune:` section or a --tune.* override is given."""
+    if any(a.startswith("--tune.") for a in argv):
+        return True
+    path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else (argv[0] if argv and not argv[0].startswith("-") else None)
+    if not path or not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    return isinstance(data, dict) and "tune" in data
+
+
+# ---------------------------------------------------------------------- the plan
+
+
+def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
+    """Every number of the plan as a dict (what `--json` prints)."""
+    from launcher import distributed, storage
+    from launcher.data import batches_per_rank, optimizer_steps_per_epoch
+    from launcher.export import redact
+    from launcher.optim import warmup_steps
+
+    config_lib.validate(cfg)
+    t, r = cfg.train, cfg.ray
+    world = r.num_workers
+    if exact:
+        sizes, params, notes = _exact(cfg)
+    else:
+        sizes, notes = data_sizes(cfg)
+        params = checkpoint_params(cfg)
+    n_train = sizes["train"]
+    batches = batches_per_rank(n_train, world, t.batch_size)
+    steps_epoch = optimizer_steps_per_epoch(n_train, world, t.batch_size, t.accumulate_grad_batches)
+    # train.py runs max_epochs=-1 when max_steps is set: the run ends exactly at max_steps.
+    total = t.max_steps if t.max_steps > 0 else steps_epoch * t.max_epochs
+    eval_bs = t.eval_batch_size or t.batch_size * 2
+    per_worker = distributed.worker_resources(cfg)
+    store = config_lib.storage_path(cfg)
+    name = storage.run_name(cfg)
+    out = os.path.abspath(cfg.output_dir)
+    resolved = redact(config_lib.to_dict(cfg))
+    if not tune:
+        resolved.pop("tune", None)  # `launcher train` ignores it
+    plan: dict[str, Any] = {
+        "config": resolved,
+        "task": cfg.task,
+        "resources": {
+            "workers": world,
+            "per_worker": per_worker,
+            "total": {k: v * world for k, v in per_worker.items()},
+            "placement": r.placement_strategy,
+            "strategy": r.strategy,
+            "accelerator": "tpu" if r.accelerator == "tpu" else ("gpu" if r.use_gpu else "cpu"),
+        },
+        "data": {
+            "sizes": sizes,
+            "exact": not notes,
+            "notes": notes,
+        },
+        "steps": {
+            "batch_size_per_worker": t.batch_size,
+            "accumulate_grad_batches": t.accumulate_grad_batches,
+            "global_batch_size": t.batch_size * world * t.accumulate_grad_batches,
+            "batches_per_worker_per_epoch": batches,
+            "optimizer_steps_per_epoch": steps_epoch,
+            "epochs": t.max_epochs if t.max_steps <= 0 else round(total / steps_epoch, 2),
+            "optimizer_steps_total": total,
+            "warmup_steps": warmup_steps(cfg.scheduler, total),
+            "scheduler": cfg.scheduler.name,
+            "eval_batches_per_worker": {s: batches_per_rank(n, world, eval_bs) for s, n in sizes.items() if s != "train"},
+        },
+        "paths": {
+            "output_dir": out,
+            "logs": os.path.join(out, "logs") if (cfg.logging.tensorboard or cfg.logging.csv) else None,
+            "ray_storage": storage.redact_uri(store) if storage.is_uri(store) else store,
+            "storage_source": "ray.storage_path" if r.storage_path else ("$LAUNCHER_STORAGE" if os.environ.get("LAUNCHER_STORAGE") else "default"),
+            "run_dir": storage.redact_uri(storage.join(store, name)),
+            "checkpoints": f"{storage.redact_uri(storage.join(store, name))}/checkpoint_* (best {cfg.checkpoint.num_to_keep} by "
+                           f"{cfg.checkpoint.monitor or 'the task metric'})",
+            "export": os.path.join(out, "best"),
+            "export_copy": storage.redact_uri(storage.join(store, name, "best")) if storage.is_uri(store) else None,
+            "results": os.path.join(out, "results.json"),
+        },
+        "memory": memory_estimate(params, t.precision, cfg.optim.name, r.strategy, world),
+    }
+    if tune:
+        plan["tune"] = tune_plan(cfg, per_worker)
+    return plan
+
+
+# ---------------------------------------------------------------------- data sizes
+
+
+def data_sizes(cfg: Config) -> tuple[dict, list[str]]:
+    """Examples per split after validation_split and max_*_samples, as data.load_splits makes them.
+
+    Returns (sizes, notes); notes say why a size is an estimate of the training examples.
+    """
+    from launcher.data import SPLIT_KEYS
+
+    d = cfg.data
+    notes = []
+    rows = {}
+    for split, key in SPLIT_KEYS.items():
+        path = getattr(d, f"{split}_file")
+        if path:
+            rows[split] = count_rows(key, path)
+    sizes = {"train": rows["train"]}
+    if "validation" in rows:
+        sizes["validation"] = rows["validation"]
+    else:
+        # datasets' train_test_split: ceil(validation_split * N) rows held out.
+        held_out = math.ceil(d.validation_split * rows["train"])
+        sizes = {"train": rows["train"] - held_out, "validation": held_out}
+    if "test" in rows:
+        sizes["test"] = rows["test"]
+    if d.max_train_samples:
+        sizes["train"] = min(sizes["train"], d.max_train_samples)
+    if d.max_eval_samples:
+        for split in ("validation", "test"):
+            if split in sizes:
+                sizes[split] = min(sizes[split], d.max_eval_samples)
+    if cfg.task in DERIVED:
+        notes.append(f"{cfg.task}: counts are data rows; {DERIVED[cfg.task]} (--exact counts them)")
+    elif cfg.task not in ROW_TASKS:
+        notes.append(f"{cfg.task}: counts are data rows (--exact counts the task's examples)")
+    elif cfg.task == "token-classification":
+        fmt = (cfg.task_options or {}).get("format")
+        paths = [getattr(d, f"{s}_file") for s in SPLIT_KEYS if getattr(d, f"{s}_file")]
+        if fmt == "conll" or (fmt is None and any(p.lower().endswith(CONLL_EXTENSIONS) for p in paths)):
+            notes.append("token-classification: CoNLL files are counted as lines, the task reads sentences (--exact counts them)")
+    if any("://" in (getattr(d, f"{s}_file") or "") for s in SPLIT_KEYS):
+        notes.append("remote data files are not read by plan (--exact reads them)")
+    return sizes, notes
+
+
+def count_rows(key: str, path: str) -> int:
+    """Rows that launcher.data.read_file would return, counted without `datasets`."""
+    from launcher.data import builder_for, check_file
+
+    if "://" in path:
+        return 0
+    check_file(key, path)
+    builder = builder_for(path)
+    if builder is None:
+        return _arrow_folder_rows(path)
+    if builder == "csv":
+        # pandas (which datasets uses for CSV) skips blank lines; quoted newlines stay in one row.
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter="\t" if path.lower().endswith(".tsv") else ",")
+            return max(sum(1 for row in reader if row) - 1, 0)
+    if builder == "json":
+        with open(path, encoding="utf-8") as f:
+            head = f.read(1).strip()
+            f.seek(0)
+            if head == "[":
+                return len(json.load(f))
+            return sum(1 for line in f if line.strip())
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows
+    if builder == "text":
+        with open(path, encoding="utf-8") as f:
+            return len(f.read().splitlines())
+    raise ConfigError(key, f"unknown file type: {path}")
+
+
+def _arrow_folder_rows(path: str) -> int:
+    import pyarrow as pa
+
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    total = 0
+    for item in state.get("_data_files", []):
+        with pa.memory_map(os.path.join(path, item["filename"])) as source:
+            total += pa.ipc.open_stream(source).read_all().num_rows
+    return total
+
+
+# ---------------------------------------------------------------------- parameters and memory
+
+
+@dataclasses.dataclass
+class Params:
+    count: Optional[int]
+    shapes: list  # tensor shapes (for Adafactor's factored state)
+    source: str
+
+
+def checkpoint_params(cfg: Config) -> Params:
+    """Parameters from the safetensors header(s) of the model folder: no torch, no weights read.
+
+    A task head that the checkpoint lacks (a new classifier: hidden x labels) is not included;
+    weights the task model drops (a pretraining head) are. Both are tiny next to the encoder.
+    """
+    path = cfg.model.name_or_path
+    if cfg.model.gguf_file:
+        return Params(None, [], "GGUF checkpoint: run plan --exact to count parameters")
+    if not os.path.isdir(path):
+        return Params(None, [], f"{path} is not a local folder: run plan --exact to count parameters")
+    files = []
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.exists(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    if not files:
+        return Params(None, [], "no safetensors weights in the model folder: run plan --exact to count parameters")
+    shapes = []
+    for name in files:
+        with open(os.path.join(path, name), "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        # Integer tensors are buffers (position ids), not trainable parameters.
+        shapes += [v["shape"] for k, v in header.items() if k != "__metadata__" and v["dtype"] in _FLOAT_DTYPES]
+    note = "from the checkpoint's safetensors header; a new task head is not included"
+    if cfg.model.from_config:
+        note = "from the checkpoint's safetensors header (model.from_config: same shapes, random weights)"
+    return Params(sum(math.prod(s) for s in shapes), shapes, note)
+
+
+def memory_estimate(params: Params, precision: str, optimizer: str, strategy: str, world: int) -> dict:
+    """Bytes per worker for weights, gradients and optimizer state (activations come on top)."""
+    if params.count is None:
+        return {"parameters": None, "source": params.source}
+    w = _WEIGHT_BYTES.get(precision, 4)
+    weights = params.count * w
+    grads = params.count * w
+    if optimizer == "adafactor":
+        # transformers' Adafactor without beta1: factored row + column second moments for
+        # matrices, a full second moment for vectors.
+        states = sum((math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1]) if len(s) >= 2 else math.prod(s) for s in params.shapes)
+        optim = states * w
+    else:
+        optim = 2 * params.count * w  # AdamW: exp_avg and exp_avg_sq in the weights' dtype
+    shard = {"ddp": (1, 1, 1), "fsdp": (world, world, world), "deepspeed": (1, world, world)}[strategy]
+    parts = {"weights": weights / shard[0], "gradients": grads / shard[1], "optimizer_state": optim / shard[2]}
+    return {
+        "parameters": params.count,
+        "source": params.source,
+        "precision": precision,
+        "optimizer": optimizer,
+        "sharding": {"ddp": "none (every worker holds everything)", "fsdp": f"weights, gradients and state / {world} workers",
+                     "deepspeed": f"ZeRO-2: gradients and state / {world} workers"}[strategy],
+        "bytes_per_worker": {k: int(v) for k, v in parts.items()},
+        "total_bytes_per_worker": int(sum(parts.values())),
+    }
+
+
+def _exact(cfg: Config) -> tuple[dict, Params, list]:
+    """The driver's real preparation (task reader + tokenizer) and the task's model on the meta device."""
+    import torch
+
+    from launcher import train
+
+    prepared = train.prepare(cfg)
+    with torch.device("meta"):
+        model = prepared.task.build_model(prepared.meta, pretrained=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    params = Params(sum(p.numel() for p in trainable), [list(p.shape) for p in trainable],
+                    "the task's model built on the meta device (exact)")
+    return dict(prepared.sizes), params, []
+
+
+# ---------------------------------------------------------------------- tune
+
+
+def tune_plan(cfg: Config, per_worker: dict) -> dict:
+    """Trials, concurrency and the search space of `launcher tune` for this config."""
+    tc = cfg.tune
+    space = dict(tc.search_space or {})
+    default_space = not space
+    if default_space:
+        space = _default_space()
+    grid = 1
+    for spec in space.values():
+        if isinstance(spec, dict) and "grid" in spec:
+            grid *= len(spec["grid"])
+        elif tc.search_alg == "grid" and isinstance(spec, dict) and "choice" in spec:
+            grid *= len(spec["choice"])
+    trials = tc.num_samples * grid
+    concurrent = min(trials, tc.max_concurrent_trials) if tc.max_concurrent_trials else trials
+    per_trial = {k: v * cfg.ray.num_workers for k, v in per_worker.items()}
+    return {
+        "trials": trials,
+        "num_samples": tc.num_samples,
+        "search_alg": tc.search_alg,
+        "scheduler": tc.scheduler,
+        "metric": tc.metric or cfg.checkpoint.monitor or "the task metric",
+        "max_concurrent_trials": tc.max_concurrent_trials,
+        "resources_per_trial": per_trial,
+        "resources_at_peak": {k: v * concurrent for k, v in per_trial.items()},
+        "time_budget_s": tc.time_budget_s,
+        "search_space": space,
+        "default_search_space": default_space,
+    }
+
+
+def _default_space() -> dict:
+    """launcher tune's default search space when the config gives none."""
+    import importlib.util
+
+    if importlib.util.find_spec("launcher.tune") is not None:
+        import importlib
+
+        tune_mod = importlib.import_module("launcher.tune")
+        for name in ("DEFAULT_SEARCH_SPACE", "DEFAULT_SPACE"):
+            if isinstance(getattr(tune_mod, name, None), dict):
+                return dict(getattr(tune_mod, name))
+    return {"optim.lr": "launcher tune default", "scheduler.warmup_ratio": "launcher tune default",
+            "scheduler.name": "launcher tune default"}
+
+
+# ---------------------------------------------------------------------- text
+
+
+def _gib(n: Optional[float]) -> str:
+    if n is None:
+        return "?"
+    if n < 2**30:
+        return f"{n / 2**20:.1f} MiB"
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _res(d: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in d.items())
+
+
+def render(plan: dict) -> str:
+    """The plan as text for people."""
+    res, data, st, paths, mem = plan["resources"], plan["data"], plan["steps"], plan["paths"], plan["memory"]
+    lines = ["# resolved config", yaml.safe_dump(plan["config"], sort_keys=False).rstrip(), ""]
+    lines += [
+        f"task: {plan['task']}",
+        "",
+        "resources",
+        f"  workers:            {res['workers']} x ({_res(res['per_worker'])})  = {_res(res['total'])} in total",
+        f"  placement:          {res['placement']}; strategy {res['strategy']} on {res['accelerator']}",
+        "",
+        "data" + ("" if data["exact"] else " (estimates, see notes)"),
+    ]
+    lines += [f"  {split + ':':<19} {n:,} examples" for split, n in data["sizes"].items()]
+    lines += [f"  note: {n}" for n in data["notes"]]
+    evals = ", ".join(f"{s} {n}" for s, n in st["eval_batches_per_worker"].items())
+    lines += [
+        "",
+        "steps",
+        f"  batch:              {st['batch_size_per_worker']} per worker x {res['workers']} workers x "
+        f"{st['accumulate_grad_batches']} accumulation = {st['global_batch_size']} examples per optimizer step",
+        f"  per worker/epoch:   {st['batches_per_worker_per_epoch']} batches -> {st['optimizer_steps_per_epoch']} optimizer steps",
+        f"  total:              {st['optimizer_steps_total']} optimizer steps ({st['epochs']} epochs)",
+        f"  warmup:             {st['warmup_steps']} steps, then {st['scheduler']}",
+        f"  eval per worker:    {evals} batches",
+        "",
+        "paths",
+        f"  output_dir:         {paths['output_dir']}",
+        f"  logs:               {paths['logs'] or 'off'}",
+        f"  ray storage:        {paths['ray_storage']} ({paths['storage_source']})",
+        f"  checkpoints:        {paths['checkpoints']}",
+        f"  export:             {paths['export']}" + (f"  (copy: {paths['export_copy']})" if paths["export_copy"] else ""),
+        f"  results:            {paths['results']}",
+        "",
+        "memory per worker (weights + gradients + optimizer state; activations come on top)",
+    ]
+    if mem.get("parameters") is None:
+        lines.append(f"  parameters:         unknown ({mem['source']})")
+    else:
+        b = mem["bytes_per_worker"]
+        lines += [
+            f"  parameters:         {mem['parameters']:,} ({mem['source']})",
+            f"  {mem['precision']}, {mem['optimizer']}: weights {_gib(b['weights'])} + gradients {_gib(b['gradients'])} + "
+            f"optimizer {_gib(b['optimizer_state'])} = {_gib(mem['total_bytes_per_worker'])}",
+            f"  sharding:           {mem['sharding']}",
+        ]
+    if "tune" in plan:
+        tp = plan["tune"]
+        lines += [
+            "",
+            "tune",
+            f"  trials:             {tp['trials']} ({tp['search_alg']} search, {tp['scheduler']} scheduler, metric {tp['metric']})",
+            f"  concurrency:        {tp['max_concurrent_trials'] or 'as many as fit'} at a time; "
+            f"{_res(tp['resources_per_trial'])} per trial, {_res(tp['resources_at_peak'])} at peak",
+            f"  time budget:        {tp['time_budget_s'] or 'none'}",
+            "  search space" + (" (launcher tune's default):" if tp["default_search_space"] else ":"),
+        ]
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in tp["search_space"].items()]
+    lines += ["", f"(plan took {plan.get('plan_seconds', 0):.2f}s; nothing was started)"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
