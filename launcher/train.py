@@ -236,6 +236,7 @@ def train_loop(loop_config: dict) -> None:
     report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, run_log)
     guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches, run_log)
     callbacks = [report, guard, ProgressLog(cfg.logging.progress_every_s)] + list(loop_config.get("callbacks", []))
+    callbacks += distributed.worker_callbacks(cfg)
     t = cfg.train
     trainer = pl.Trainer(
         max_epochs=t.max_epochs if t.max_steps < 0 else -1,
@@ -304,15 +305,22 @@ def build_loaders(task, cfg: Config, splits: dict, tokenizer, rank: int, world: 
     from launcher.resume import ResumableLoader
 
     collate = task.collator(tokenizer)
-    common = {"collate_fn": collate, "num_workers": cfg.data.num_workers, "persistent_workers": cfg.data.num_workers > 0}
+    train_collate = eval_collate = collate
+    if cfg.ray.accelerator == "tpu":
+        # XLA compiles a graph per batch shape: full batches, sequence lengths in a few buckets.
+        from launcher.xla import collators
+
+        train_collate, eval_collate = collators(collate, tokenizer, cfg)
+    common = {"num_workers": cfg.data.num_workers, "persistent_workers": cfg.data.num_workers > 0}
     train = splits["train"]
     sampler = TrainBatchSampler(task.lengths(train), cfg.train.batch_size, rank, world, cfg.train.seed, cfg.train.group_by_length)
     # Resumable: a worker group restarted mid-epoch continues with the batches not yet trained.
-    loaders = {"train": ResumableLoader(train, batch_sampler=sampler, **common)}
+    loaders = {"train": ResumableLoader(train, batch_sampler=sampler, collate_fn=train_collate, **common)}
     eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size * 2
     for name in ("validation", "test"):
         if name in splits:
-            loaders[name] = DataLoader(EvalShard(splits[name], rank, world), batch_size=eval_bs, shuffle=False, **common)
+            loaders[name] = DataLoader(EvalShard(splits[name], rank, world), batch_size=eval_bs, shuffle=False,
+                                       collate_fn=eval_collate, **common)
     return loaders
 
 
