@@ -198,6 +198,27 @@ def test_data_errors(tmp_path, tiny_bert):
         prepare(cfg)
 
 
+def test_predict_reads_every_window_of_long_contexts(tmp_path, tiny_bert):
+    """Without training: a QA head on the tiny BERT; answers must come from the context, even past max_length."""
+    import datasets
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    from launcher.tasks.question_answering import QuestionAnswering
+
+    folder = str(tmp_path / "qa")
+    AutoModelForQuestionAnswering.from_pretrained(tiny_bert).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    rows = qa_rows(3, 9, filler=(6, 8))
+    cfg = base_config(tiny_bert, {"train": "unused"}, str(tmp_path / "out"), task="question-answering",
+                      task_options={"doc_stride": 4})
+    cfg.data.max_length = 16
+    ds = datasets.Dataset.from_list([{"question": r["question"], "context": r["context"]} for r in rows])
+    preds = QuestionAnswering(cfg).predict(folder, ds, {"batch_size": 4, "device": -1})
+    assert [p["question"] for p in preds] == [r["question"] for r in rows]
+    for p, r in zip(preds, rows):
+        assert p["answer"] and p["answer"] in r["context"] and 0.0 < p["score"] <= 1.0
+
+
 # ---------------------------------------------------------------------- Ray
 
 

@@ -179,6 +179,38 @@ def test_integer_tags_use_label_names(tmp_path, tiny_bert):
     assert set(p.meta["label2id"]) <= set(names) and "B-PER" in p.meta["label2id"]
 
 
+def test_predict_tags_every_word_of_long_sentences(tmp_path, tiny_bert):
+    """Sentences longer than max_length run as windows, and every word gets its own first sub-token's tag.
+
+    The model has no layers and no position/segment embeddings, so each token's tag depends on the
+    token alone: tagging the long sentence must give the tags of its words tagged one by one.
+    """
+    import datasets
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    folder = str(tmp_path / "tagger")
+    labels = {0: "O", 1: "B-PER", 2: "B-LOC"}
+    config = BertConfig.from_pretrained(tiny_bert, num_hidden_layers=0, num_labels=3, id2label=labels,
+                                        label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(3)
+    model = BertForTokenClassification(config)
+    with torch.no_grad():
+        model.bert.embeddings.position_embeddings.weight.zero_()
+        model.bert.embeddings.token_type_embeddings.weight.zero_()
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(folder)
+    cfg = base_config(tiny_bert, {"train": "unused"}, str(tmp_path / "out"), task="token-classification")
+    cfg.data.max_length = 8
+    task = TokenClassification(cfg)
+    long = "alice lives in paris and bob works at acme in berlin and the film was quite dull".split()
+    ds = datasets.Dataset.from_list([{"text": " ".join(long)}, {"text": "bob"}])  # plain texts: split on spaces
+    preds = task.predict(folder, ds, {"batch_size": 2, "device": -1})
+    assert [p["tokens"] for p in preds] == [long, ["bob"]]
+    one_by_one = task.predict(folder, datasets.Dataset.from_list([{"tokens": [w]} for w in long]), {"batch_size": 8, "device": -1})
+    assert preds[0]["tags"] == [p["tags"][0] for p in one_by_one]
+    assert len(set(preds[0]["tags"])) > 1  # the check above is not vacuous
+
+
 # ---------------------------------------------------------------------- Ray
 
 

@@ -256,8 +256,9 @@ class BaseTask(Task):
         device = torch.device(f"cuda:{options['device']}" if options.get("device", -1) >= 0 else "cpu")
         model.to(device)
         pad = DataCollatorWithPadding(tokenizer)
-        texts = ds[d.text_column]
-        pairs = ds[d.text_pair_column] if d.text_pair_column else None
+        # datasets 5 returns lazy Column objects; tokenizers want lists.
+        texts = list(ds[d.text_column])
+        pairs = list(ds[d.text_pair_column]) if d.text_pair_column else None
         bs = int(options.get("batch_size", 32))
         rows = []
         for start in range(0, len(texts), bs):

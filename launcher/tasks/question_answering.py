@@ -358,7 +358,7 @@ class QuestionAnswering(Task):
             if split != "train":
                 # Eval examples get global indices across splits: features name their example by it.
                 base = len(contexts)
-                contexts.extend(ds[o.context_column])
+                contexts.extend(list(ds[o.context_column]))
                 golds.extend([list(a["text"]) for a in ds[o.answers_column]])
             out[split] = self._features(split, ds, tokenizer, d.max_length, base)
         meta = {"examples": {"context": contexts, "answers": golds}, "cls_token_id": tokenizer.cls_token_id,
@@ -415,7 +415,8 @@ class QuestionAnswering(Task):
         model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
         device = torch.device(f"cuda:{options['device']}" if options.get("device", -1) >= 0 else "cpu")
         model.to(device)
-        questions, contexts = ds[o.question_column], ds[o.context_column]
+        # datasets 5 returns lazy Column objects; tokenizers want lists.
+        questions, contexts = list(ds[o.question_column]), list(ds[o.context_column])
         feats = qa_features(tokenizer, questions, contexts, self.cfg.data.max_length, o.doc_stride,
                             example_ids=list(range(len(ds))))
         pad = DataCollatorWithPadding(tokenizer)

@@ -225,8 +225,8 @@ class TokenClassification(Task):
         else:
             require_columns(key, path, ds, {"task_options.words_column": o.words_column, "task_options.tags_column": o.tags_column})
         tag_names = self.tag_names(ds) if split != "predict" else None
-        words_col = ds[o.words_column]
-        tags_col = ds[o.tags_column] if split != "predict" else [None] * len(ds)
+        words_col = list(ds[o.words_column])
+        tags_col = list(ds[o.tags_column]) if split != "predict" else [None] * len(ds)
         for i, (words, tags) in enumerate(zip(words_col, tags_col)):
             if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
                 raise ConfigError(key, f"{path} row {i + 1}: {o.words_column!r} must be a non-empty list of words",
@@ -319,7 +319,7 @@ class TokenClassification(Task):
 
         o = self.options
         if o.words_column in ds.column_names:
-            rows = ds[o.words_column]
+            rows = list(ds[o.words_column])
         else:
             rows = [str(t).split() for t in ds[self.cfg.data.text_column]]
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
