@@ -135,19 +135,22 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def _token_available() -> bool:
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+def wants_token(address: str, environ=os.environ) -> bool:
+    """Whether to turn on Ray's token auth for this client.
+
+    Ray's clients send the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) only
+    when RAY_AUTH_MODE=token. When the mode is unset and the address is this machine's loopback (a
+    local head, or an SSH / kubectl tunnel to a cluster), launcher sends it too, as Ray does for
+    clusters it finds locally; to any other address only when RAY_AUTH_MODE=token asks for it.
+    """
+    if environ.get("RAY_AUTH_MODE") is not None or not _is_loopback(address):
+        return False
+    path = environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
 def enable_token_auth(address: str) -> None:
-    """Present Ray's auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
-
-    Ray's clients send it only when RAY_AUTH_MODE=token. When the mode is unset and the address
-    is this machine's loopback (a local head, or an SSH / kubectl tunnel to a cluster), the token
-    is sent as Ray does for clusters it finds locally; to any other address only when asked.
-    """
-    if os.environ.get("RAY_AUTH_MODE") is None and _is_loopback(address) and _token_available():
+    if wants_token(address):
         os.environ["RAY_AUTH_MODE"] = "token"
         if "ray._raylet" in sys.modules:
             # Ray already read its config in this process (tests, notebooks): make it re-read the mode.
@@ -158,6 +161,10 @@ def enable_token_auth(address: str) -> None:
 
 def connect(address: str):
     """A JobSubmissionClient, with connection and auth failures turned into one-line errors."""
+    # Ray's clients let $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS override the address they are given;
+    # api_address() already took them into account, so --address must win here.
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+    os.environ.pop("RAY_ADDRESS", None)
     enable_token_auth(address)
     from ray.job_submission import JobSubmissionClient
 
@@ -180,6 +187,9 @@ def _api_error(e: BaseException, address: str) -> ConfigError:
         return ConfigError("--address", f"cannot reach the Ray job API at {address}",
                            "start the head and a tunnel to its dashboard (`ray dashboard CLUSTER.yaml`, "
                            "`kubectl port-forward svc/HEAD-svc 8265:8265`) or pass --address")
+    if "Version check returned" in text or "Jobs API is not supported" in text:
+        return ConfigError("--address", f"{address} does not answer as a Ray dashboard (no job API there)",
+                           "give the dashboard port of the head (8265 by default)")
     return ConfigError("--address", f"{type(e).__name__}: {text.strip().splitlines()[0][:200] if text.strip() else ''}")
 
 
