@@ -197,8 +197,12 @@ def lightning_kwargs(cfg: Config) -> dict[str, Any]:
         strategy = RayDeepSpeedStrategy(stage=2)
     else:
         # A single worker gains nothing from DDP's gradient all-reduce hooks; find_unused off is
-        # the fast path (HF heads use every parameter).
-        strategy = RayDDPStrategy(find_unused_parameters=False, gradient_as_bucket_view=True)
+        # the fast path (HF heads use every parameter). A task whose loss may skip parameters (base:
+        # a user head that ignores the backbone's pooler) sets ddp_find_unused_parameters.
+        from launcher.tasks import get_task
+
+        find_unused = bool(getattr(get_task(cfg.task), "ddp_find_unused_parameters", False))
+        strategy = RayDDPStrategy(find_unused_parameters=find_unused, gradient_as_bucket_view=True)
     accelerator = "gpu" if r.use_gpu else "cpu"
     return {"strategy": strategy, "plugins": [RayLightningEnvironment()], "accelerator": accelerator, "devices": "auto"}
 

@@ -153,6 +153,9 @@ class BaseTask(Task):
     Module = BaseModule
     auto_model = "AutoModel"
     pipeline_task = "feature-extraction"
+    # A head may leave backbone parameters out of the loss (MeanPoolClassifier ignores BERT's pooler);
+    # DDP must then look for unused parameters each step instead of waiting for their gradients.
+    ddp_find_unused_parameters = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
