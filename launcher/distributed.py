@@ -71,10 +71,13 @@ def check_resources(cfg: Config, resources: dict, trials: int = 1) -> None:
                           "set ray.storage_path to a shared NFS path or an s3:// / gs:// URI")
 
 
-def _check_tpus(cfg: Config, resources: dict, hosts: Optional[list[float]] = None) -> None:
-    """One worker per TPU host: enough hosts with `ray.tpus_per_worker` free chips each.
+def _check_tpus(cfg: Config, resources: dict, hosts: Optional[list[float]] = None,
+                scalable: Optional[list[float]] = None) -> None:
+    """One worker per TPU host: enough hosts with `ray.tpus_per_worker` chips each, now or once the
+    autoscaler adds them.
 
-    `hosts` (TPU chips of each alive node) defaults to what the running Ray reports.
+    `hosts` (TPU chips of each alive node) and `scalable` (chips of each node the autoscaler may
+    start, from the cluster config it reports) default to what the running Ray knows.
     """
     from launcher import xla
 
@@ -84,17 +87,24 @@ def _check_tpus(cfg: Config, resources: dict, hosts: Optional[list[float]] = Non
         if not cfg.ray.address:
             xla.require_torch_xla("on this machine (PJRT_DEVICE=CPU runs the Ray workers here)")
         return
-    tpus = resources.get("TPU", 0)
     if hosts is None:
         hosts = _tpu_hosts()
-    fit = sum(1 for chips in hosts if chips >= r.tpus_per_worker)
-    if tpus < r.num_workers * r.tpus_per_worker or fit < r.num_workers:
-        sizes = ", ".join(f"{c:g}" for c in sorted(hosts, reverse=True) if c) or "none"
-        raise ConfigError("ray.accelerator",
-                          f"tpu: {r.num_workers} worker(s) x {r.tpus_per_worker} TPU chips (one worker per host) asked; the cluster has "
-                          f"{tpus:g} TPU chips (chips per host: {sizes}; {_describe(resources)})",
-                          "run on TPU VM hosts (cluster/gcp-tpu.yaml, cluster/kuberay/raycluster-tpu.yaml), set ray.num_workers to the "
-                          "TPU hosts and ray.tpus_per_worker to the chips per host, or use --ray.accelerator cpu")
+    if scalable is None:
+        scalable = _autoscaler_tpu_hosts()
+
+    def enough(chips_per_host: list[float]) -> bool:
+        return sum(1 for chips in chips_per_host if chips >= r.tpus_per_worker) >= r.num_workers
+
+    if enough(hosts) or enough(scalable):
+        return
+    tpus = resources.get("TPU", 0)
+    sizes = ", ".join(f"{c:g}" for c in sorted(hosts, reverse=True) if c) or "none"
+    more = f"; the autoscaler can add {len([c for c in scalable if c])} TPU host(s)" if scalable else ""
+    raise ConfigError("ray.accelerator",
+                      f"tpu: {r.num_workers} worker(s) x {r.tpus_per_worker} TPU chips (one worker per host) asked; the cluster has "
+                      f"{tpus:g} TPU chips (chips per host: {sizes}; {_describe(resources)}){more}",
+                      "run on TPU VM hosts (cluster/gcp-tpu.yaml, cluster/kuberay/raycluster-tpu.yaml), set ray.num_workers to the "
+                      "TPU hosts and ray.tpus_per_worker to the chips per host, or use --ray.accelerator cpu")
 
 
 def _tpu_hosts() -> list[float]:
@@ -103,6 +113,26 @@ def _tpu_hosts() -> list[float]:
     if not ray.is_initialized():
         return []
     return [float(n.get("Resources", {}).get("TPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def _autoscaler_tpu_hosts() -> list[float]:
+    """TPU chips of every node the autoscaler may start (its node types x max count); [] without one."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()  # what Ray Train itself checks before placing workers
+    except Exception:  # private API: a Ray without it simply gets no autoscaler allowance
+        return []
+    hosts: list[float] = []
+    for group in getattr(config, "node_group_configs", None) or []:
+        chips = float(group.resources.get("TPU", 0))
+        if chips > 0 and group.max_count > 0:
+            hosts += [chips] * group.max_count
+    return hosts
 
 
 def _describe(resources: dict) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import TYPE_CHECKING, Callable, Optional
 
 from launcher.config import Config, ConfigError
@@ -325,7 +324,7 @@ def build_strategy(cfg: Config, rank: int, world: int):
             super().setup(trainer)
             _configure_metrics(self.lightning_module, self.rt)
             if self.rt.rank == 0:
-                print(f"[launcher] XLA: {self.rt.describe()}", file=sys.stderr, flush=True)
+                say(f"[launcher] XLA: {self.rt.describe()}")
 
         # data: SPMD shards each batch along axis 0 over the mesh
         def batch_to_device(self, batch, device=None, dataloader_idx: int = 0):
@@ -446,9 +445,7 @@ def _synced(out):
 
 
 def _dist_ready(rt: Runtime) -> bool:
-    import torch
-
-    return rt.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    return rt.world > 1 and torch_distributed_ready()
 
 
 def gather_via_host(tensor: "torch.Tensor", group=None) -> list:
@@ -512,14 +509,28 @@ def compile_stats() -> dict[str, float]:
     return {"compilations": int(data[0]), "compile_s": float(data[1]) / 1e9}
 
 
+def replica_spread(module) -> float:
+    """Max - min over Ray workers of the sum of all parameters: 0.0 while the replicas are identical."""
+    import torch
+
+    total = sum(p.detach().float().sum() for p in module.parameters())
+    mine = torch.tensor([float(total)], dtype=torch.float64)
+    world = torch.distributed.get_world_size()
+    sums = [torch.zeros_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(sums, mine)
+    values = torch.cat(sums)
+    return float(values.max() - values.min())
+
+
 def worker_callbacks() -> list:
-    """Callbacks every XLA worker adds: the compile count, logged per epoch."""
+    """Callbacks every XLA worker adds: compile count and replica agreement, logged per validation."""
     import lightning.pytorch as pl
 
-    class CompileLog(pl.Callback):
-        """Logs `xla_compilations` / `xla_compile_s` each validation and prints them (rank 0) per epoch.
+    class XLAStats(pl.Callback):
+        """Logs `xla_compilations` / `xla_compile_s` each validation and prints them (rank 0) per epoch;
+        with several workers also `xla_replica_spread` (0.0 while the replicas hold the same weights).
 
-        A count that keeps growing after the first epoch means shapes vary per step (XLA recompiles).
+        A compile count that keeps growing after the first epoch means shapes vary per step.
         """
 
         def __init__(self):
@@ -531,6 +542,8 @@ def worker_callbacks() -> list:
         def on_validation_epoch_end(self, trainer, pl_module) -> None:
             if trainer.sanity_checking:
                 return
+            if trainer.world_size > 1 and torch_distributed_ready():
+                pl_module.log("xla_replica_spread", replica_spread(pl_module), on_step=False, on_epoch=True, batch_size=1)
             stats = compile_stats()
             pl_module.log("xla_compilations", float(stats["compilations"]), on_step=False, on_epoch=True, batch_size=1)
             pl_module.log("xla_compile_s", stats["compile_s"], on_step=False, on_epoch=True, batch_size=1)
@@ -540,7 +553,19 @@ def worker_callbacks() -> list:
                 return
             stats = compile_stats()
             new = stats["compilations"] - self.at_epoch_start
-            print(f"[launcher] XLA after epoch {trainer.current_epoch + 1}: {stats['compilations']} graphs compiled "
-                  f"({new} this epoch), {stats['compile_s']:.1f} s compiling", file=sys.stderr, flush=True)
+            say(f"[launcher] XLA after epoch {trainer.current_epoch + 1}: {stats['compilations']} graphs compiled "
+                f"({new} this epoch), {stats['compile_s']:.1f} s compiling")
 
-    return [CompileLog()]
+    return [XLAStats()]
+
+
+def torch_distributed_ready() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def say(line: str) -> None:
+    from launcher.callbacks import say as _say
+
+    _say(line)

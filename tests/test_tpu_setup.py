@@ -1,0 +1,142 @@
+"""The TPU path's driver side and data shapes, without torch-xla or TPUs (runs in the main venv).
+
+Training through torch-xla is in tests/test_xla.py (`make test-xla`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import base_config
+
+from launcher import distributed, train
+from launcher.config import ConfigError, validate
+from launcher.xla import FixedShapeCollator, bucket_for, length_buckets
+
+HAS_XLA = importlib.util.find_spec("torch_xla") is not None
+
+
+def tpu_cfg(tmp_path, model="unused", **ray):
+    cfg = base_config(model, {"train": "unused.csv"}, str(tmp_path / "out"), ray={"accelerator": "tpu", **ray})
+    return cfg
+
+
+# ---------------------------------------------------------------------- shapes
+
+
+def test_buckets():
+    assert length_buckets(128) == [16, 32, 64, 128]
+    assert length_buckets(32) == [8, 16, 32]
+    assert length_buckets(100) == [16, 32, 56, 100]
+    assert [bucket_for(n, [8, 16, 32]) for n in (1, 8, 9, 16, 17, 32, 33, 70)] == [8, 8, 16, 16, 32, 32, 64, 96]
+
+
+def _rows(lengths, pad=None):
+    rows = []
+    for i, n in enumerate(lengths):
+        row = {"input_ids": list(range(1, n + 1)), "labels": [i] * n if pad == "tokens" else i}
+        if pad == "eval":
+            row.update(_pad=0, _index=i)
+        rows.append(row)
+    return rows
+
+
+def _inner(rows):
+    """A minimal collator: right-pads input_ids (pad id 0) and token labels to the longest row."""
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {"input_ids": torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows]),
+           "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])}
+    if isinstance(rows[0]["labels"], list):
+        out["labels"] = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows])
+    else:
+        out["labels"] = torch.tensor([r["labels"] for r in rows])
+    for k in ("_pad", "_index"):
+        if k in rows[0]:
+            out[k] = torch.tensor([r[k] for r in rows])
+    return out
+
+
+def test_training_batch_is_filled_and_bucketed():
+    collate = FixedShapeCollator(_inner, batch_size=4, buckets=[8, 16, 32], pad_token_id=0)
+    batch = collate(_rows([3, 11]))
+    assert batch["input_ids"].shape == (4, 16) and batch["attention_mask"].shape == (4, 16)
+    # The short batch repeats its own rows (wrap-around), the extra columns are padding.
+    assert batch["labels"].tolist() == [0, 1, 0, 1]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 11, 3, 11]
+    assert batch["input_ids"][1, 11:].eq(0).all()
+
+
+def test_eval_batch_gets_marked_pad_rows_and_token_labels_ignore_index():
+    collate = FixedShapeCollator(_inner, batch_size=4, buckets=[8, 16], pad_token_id=7, padding_side="left")
+    rows = _rows([5, 6, 2], pad="eval")
+    for r in rows:
+        r["labels"] = [1] * len(r["input_ids"])
+    batch = collate(rows)
+    assert batch["_pad"].tolist() == [0, 0, 0, 1] and batch["_index"].tolist() == [0, 1, 2, -1]
+    assert batch["input_ids"].shape == (4, 8)
+    # Left padding side: the bucket padding goes in front, with the pad id and -100 for labels.
+    assert batch["input_ids"][0, :2].tolist() == [7, 7] and batch["labels"][0, :2].tolist() == [-100, -100]
+    assert batch["attention_mask"][0, :2].tolist() == [0, 0]
+
+
+# ---------------------------------------------------------------------- driver checks
+
+
+def test_tpu_precision_choices(tmp_path, tiny_bert, sentiment_files):
+    cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "o"), ray={"accelerator": "tpu"}, train={"precision": "16-mixed"})
+    with pytest.raises(ConfigError, match="train.precision.*bf16"):
+        validate(cfg)
+    cfg.train.precision = "bf16-mixed"
+    validate(cfg)
+
+
+def test_tpu_workers_reserve_a_whole_host_each_and_spread(tmp_path, monkeypatch):
+    monkeypatch.delenv("PJRT_DEVICE", raising=False)
+    cfg = tpu_cfg(tmp_path, num_workers=2, tpus_per_worker=4)
+    assert distributed.worker_resources(cfg)["TPU"] == 4.0
+    assert distributed.placement_strategy(cfg) == "STRICT_SPREAD"
+    cfg.ray.num_workers = 1
+    assert distributed.placement_strategy(cfg) == cfg.ray.placement_strategy
+    # The CPU lane asks for no TPU resources: the workers run XLA on CPU.
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    assert "TPU" not in distributed.worker_resources(cfg)
+
+
+def test_no_tpus_fails_with_what_the_cluster_has(tmp_path, monkeypatch):
+    monkeypatch.delenv("PJRT_DEVICE", raising=False)
+    cfg = tpu_cfg(tmp_path, num_workers=1)
+    with pytest.raises(ConfigError, match=r"ray.accelerator.*has 0 TPU chips.*CPU=8") as e:
+        distributed._check_tpus(cfg, {"CPU": 8.0, "memory": 1e10}, hosts=[0.0], scalable=[])
+    assert "--ray.accelerator cpu" in str(e.value)
+    # Two workers need two hosts with 4 free chips each; one v4-8 host is not enough.
+    cfg.ray.num_workers = 2
+    with pytest.raises(ConfigError, match="chips per host: 4"):
+        distributed._check_tpus(cfg, {"CPU": 240.0, "TPU": 4.0}, hosts=[4.0, 0.0], scalable=[])
+    distributed._check_tpus(cfg, {"CPU": 480.0, "TPU": 8.0}, hosts=[4.0, 4.0, 0.0], scalable=[])
+    # An autoscaling cluster that starts without TPUs passes when its TPU node type can supply them.
+    distributed._check_tpus(cfg, {"CPU": 8.0}, hosts=[0.0], scalable=[4.0, 4.0])
+    with pytest.raises(ConfigError, match="the autoscaler can add 1 TPU host"):
+        distributed._check_tpus(cfg, {"CPU": 8.0}, hosts=[0.0], scalable=[4.0])
+    cfg.ray.tpus_per_worker = 8
+    with pytest.raises(ConfigError, match="8 TPU chips"):
+        distributed._check_tpus(cfg, {"CPU": 480.0, "TPU": 8.0}, hosts=[4.0, 4.0], scalable=[])
+
+
+@pytest.mark.skipif(HAS_XLA, reason="needs an environment without torch-xla")
+def test_cpu_lane_without_torch_xla_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    cfg = tpu_cfg(tmp_path)
+    with pytest.raises(ConfigError, match=r"torch-xla.*launcher\[tpu\]"):
+        distributed._check_tpus(cfg, {"CPU": 2.0})
+
+
+@pytest.mark.ray
+def test_train_on_a_cluster_without_tpus_stops_before_training(ray_session, tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("PJRT_DEVICE", raising=False)
+    cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "o"), ray={"accelerator": "tpu", "num_workers": 1})
+    with pytest.raises(ConfigError, match=r"has 0 TPU chips.*CPU=2"):
+        train.run(cfg)
+    assert not (tmp_path / "o" / "results.json").exists()
