@@ -309,7 +309,8 @@ class LanguageModeling(Task):
         from launcher.evaluate import load_exported
 
         info, _ = load_exported(model_dir)
-        texts = ds[self.cfg.data.text_column]
+        # Lines of a .txt input keep their line break (see read_text); a prompt should not end with one.
+        texts = [t.rstrip("\r\n") if isinstance(t, str) else t for t in ds[self.cfg.data.text_column]]
         if info["meta"]["objective"] == "causal":
             return generate_texts(model_dir, texts, options)
         return fill_mask(model_dir, texts, options)
