@@ -384,7 +384,9 @@ def run_search(cfg: Config, dims: list, prepared, settings: Settings, storage: s
             name=name, storage_path=storage, verbose=0,
             callbacks=[LiveTable(settings, cfg.logging.progress_every_s if verbose else None), CheckpointHygiene(settings)] + callbacks,
             failure_config=tune.FailureConfig(max_failures=0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if settings.tune_checkpoints else None,
+            # PBT copies a trial's latest checkpoint into a poorer one, which may start a while later:
+            # keep a few so the copy is still there when it does. All go when the search ends.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3) if settings.tune_checkpoints else None,
         ),
     )
     return tuner.fit()
