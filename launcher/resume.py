@@ -3,9 +3,9 @@
 Ray Train restarts a worker group from the latest reported checkpoint. Lightning restores the model,
 optimizer, scheduler, global_step and its loop counters from that checkpoint, but a plain DataLoader
 starts its epoch from the first batch again: a run resumed mid-epoch would train the epoch's first
-batches twice and never see its last ones. `ResumableLoader` closes that gap with Lightning's own
-stateful-loader protocol (`state_dict`/`load_state_dict`, saved under the fit loop's state in every
-checkpoint).
+batches twice and never see its last ones. `ResumableLoader` records how far the epoch got and
+`LoaderPosition` carries that through every checkpoint, so the resumed epoch continues with the
+batches not yet trained, in the same order.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from launcher.config import Config, ConfigError, storage_path
@@ -43,6 +44,26 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_sampler.resume_at(int(state["epoch"]), int(state["batches_done"]))
+
+
+class LoaderPosition(pl.Callback):
+    """Carries a ResumableLoader's position through checkpoints as callback state.
+
+    Lightning restores a stateful loader only when it builds the training iterator after the
+    checkpoint is loaded; a module whose configure_optimizers reads `estimated_stepping_batches`
+    (every TaskModule: the schedule needs the total) makes Lightning build it earlier, and the
+    loader state is then never applied. Callback state is restored before either happens.
+    """
+
+    def __init__(self, loader: ResumableLoader):
+        self.loader = loader
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.loader.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------- `launcher train --resume`

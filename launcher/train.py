@@ -215,6 +215,7 @@ def train_loop(loop_config: dict) -> None:
     from launcher import distributed
     from launcher.callbacks import CHECKPOINT_NAME, NonFiniteGuard, NonFiniteLoss, ProgressLog, ReportCallback
     from launcher.data import from_table
+    from launcher.resume import LoaderPosition
     from launcher.tasks import get_task
 
     cfg = config_lib.from_dict(loop_config["cfg"])
@@ -235,7 +236,8 @@ def train_loop(loop_config: dict) -> None:
 
     report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, run_log)
     guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches, run_log)
-    callbacks = [report, guard, ProgressLog(cfg.logging.progress_every_s)] + list(loop_config.get("callbacks", []))
+    callbacks = [report, guard, LoaderPosition(loaders["train"]), ProgressLog(cfg.logging.progress_every_s)]
+    callbacks += list(loop_config.get("callbacks", []))
     callbacks += distributed.worker_callbacks(cfg)
     t = cfg.train
     trainer = pl.Trainer(

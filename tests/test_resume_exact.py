@@ -16,7 +16,7 @@ pl = pytest.importorskip("lightning.pytorch")
 from torch.utils.data import DataLoader  # noqa: E402
 
 from launcher.data import TrainBatchSampler  # noqa: E402
-from launcher.resume import ResumableLoader  # noqa: E402
+from launcher.resume import LoaderPosition, ResumableLoader  # noqa: E402
 
 N, BATCH, ACCUM, EPOCHS = 27, 2, 2, 3  # 14 batches and 7 optimizer steps per epoch
 
@@ -32,7 +32,11 @@ class Recorder(pl.LightningModule):
         return self.lin(batch.float().unsqueeze(-1)).pow(2).mean()
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        # As every TaskModule does: this makes Lightning build the training iterator before it
+        # restores the checkpoint, which is why the position travels as callback state.
+        total = self.trainer.estimated_stepping_batches
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.01)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.1, total)}
 
 
 class Crash(RuntimeError):
@@ -56,7 +60,9 @@ def _loader(cls, num_workers: int = 0):
     return cls(list(range(N)), batch_sampler=sampler, num_workers=num_workers)
 
 
-def _trainer(callbacks=()):
+def _trainer(loader, callbacks=()):
+    if isinstance(loader, ResumableLoader):
+        callbacks = [*callbacks, LoaderPosition(loader)]
     return pl.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks), accelerator="cpu")
 
@@ -65,14 +71,23 @@ def _run(cls, at: int, tmp_path, num_workers: int = 0):
     """(uninterrupted batches, interrupted+resumed batches, final global_step of each)."""
     warnings.filterwarnings("ignore")
     ref: list = []
-    t = _trainer()
-    t.fit(Recorder(ref), _loader(cls, num_workers))
+    loader = _loader(cls, num_workers)
+    t = _trainer(loader)
+    torch.manual_seed(0)
+    ref_module = Recorder(ref)
+    t.fit(ref_module, loader)
     path = str(tmp_path / f"cut-{at}.ckpt")
     seen: list = []
+    loader = _loader(cls, num_workers)
+    torch.manual_seed(0)
     with pytest.raises(Crash):
-        _trainer([CheckpointThenCrash(at, path)]).fit(Recorder(seen), _loader(cls, num_workers))
-    resumed = _trainer()
-    resumed.fit(Recorder(seen), _loader(cls, num_workers), ckpt_path=path)
+        _trainer(loader, [CheckpointThenCrash(at, path)]).fit(Recorder(seen), loader)
+    loader = _loader(cls, num_workers)
+    resumed = _trainer(loader)
+    module = Recorder(seen)
+    resumed.fit(module, loader, ckpt_path=path)
+    if cls is ResumableLoader:
+        assert torch.equal(module.lin.weight, ref_module.lin.weight)  # same batches, same updates
     return ref, seen, t.global_step, resumed.global_step
 
 
@@ -101,7 +116,8 @@ def test_epochs_are_shuffled_differently():
     """Lightning reaches TrainBatchSampler.set_epoch (through `.sampler`), so epochs differ."""
     ref: list = []
     warnings.filterwarnings("ignore")
-    _trainer().fit(Recorder(ref), _loader(ResumableLoader))
+    loader = _loader(ResumableLoader)
+    _trainer(loader).fit(Recorder(ref), loader)
     by_epoch = [[b for e, b in ref if e == k] for k in range(EPOCHS)]
     assert by_epoch[0] != by_epoch[1] != by_epoch[2]
     assert all(sorted(i for b in batches for i in b) == list(range(N)) for batches in by_epoch)
