@@ -331,6 +331,8 @@ def test_pretraining_builds_pairs_from_blank_line_documents(tmp_path):
     for row in ds:
         assert row["input_ids"][0] == cls_id and row["input_ids"][-1] == sep_id and row["input_ids"].count(sep_id) == 2
         assert len(row["input_ids"]) <= 32 and row["token_type_ids"][-1] == 1
+    assert len(p.task.read("data.train_file", path)) == 6  # documents
+    assert len(p.task.read("--input", path)) == 6 * 6 + 5  # predict inputs: lines (blank ones included)
     module = p.task.module(p.meta, p.tokenizer)
     got = _validate(module, p.splits["validation"], p.task.collator(p.tokenizer), batch_size=8)
     assert got["val_loss"] == pytest.approx(got["val_mlm_loss"] + got["val_nsp_loss"], rel=1e-5)

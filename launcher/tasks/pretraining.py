@@ -220,8 +220,9 @@ class Pretraining(Task):
             raise ConfigError("data.block_size", f"{self.block_size} leaves no room for two segments", "use 16 or more")
 
     def read(self, key, path):
-        # Documents are separated by blank lines: one row per document.
-        return data_lib.read_file(key, path, sample_by="paragraph")
+        # Training documents are separated by blank lines (one row per document); a `launcher predict`
+        # input holds one text per line.
+        return data_lib.read_file(key, path, **({"sample_by": "paragraph"} if key.startswith("data.") else {}))
 
     def check_split(self, split, path, ds) -> None:
         require_columns(f"data.{split}_file", path, ds, {"data.text_column": self.cfg.data.text_column})
