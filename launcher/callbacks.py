@@ -100,6 +100,10 @@ class ReportCallback(pl.Callback):
             # Step checkpoints are for resuming, never for best selection: NaN ranks them last.
             metrics[self.monitor] = float("nan")
         metrics.update(best=self.best if self.best is not None else float("nan"), best_epoch=self.best_epoch or 0.0)
+        if trainer.global_rank == 0:
+            # Logs reach disk with every checkpoint, so a restart from it loses no logged history.
+            for logger in trainer.loggers:
+                logger.save()
         ckpt_dir = os.path.join(self.tmp, f"report-{trainer.global_step}-{kind}")
         os.makedirs(ckpt_dir, exist_ok=True)
         trainer.save_checkpoint(os.path.join(ckpt_dir, CHECKPOINT_NAME), weights_only=False)

@@ -186,6 +186,7 @@ def results_dict(cfg: Config, outcome, best_metrics: dict, best_dir: Optional[st
         "epochs_completed": outcome.end.get("epochs_completed", last.get("epoch", 0)),
         "restarts": outcome.restarts,
         "skipped_steps": int(outcome.end.get("skipped_steps", 0)),
+        "resumed_steps": outcome.end.get("resumed_steps", []),
         "train_wall_time_s": round(outcome.wall_s, 2),
         "train_samples_per_s": round(outcome.train_samples / outcome.wall_s, 2) if outcome.wall_s else None,
         "ray_storage": os.path.join(outcome.storage, outcome.name),

@@ -10,10 +10,13 @@ batches not yet trained, in the same order.
 
 from __future__ import annotations
 
+import csv
 import os
 from typing import Optional
 
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch.utils.data import DataLoader
 
 from launcher.config import Config, ConfigError, storage_path
@@ -64,6 +67,67 @@ class LoaderPosition(pl.Callback):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.loader.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------- logs across restarts
+
+
+def checkpoint_step(ckpt_path: str) -> int:
+    """The global step a Lightning checkpoint was saved at (memory-mapped: the weights are not read)."""
+    import torch
+
+    return int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+
+
+class HistoryCSVLogger(CSVLogger):
+    """A CSVLogger that continues the metrics.csv of an earlier worker group of the same run.
+
+    Lightning's CSV writer deletes an existing metrics.csv when it starts, so a restarted worker
+    group would erase the history before the failure. This one keeps those rows; the steps the
+    restarted group repeats (those after its checkpoint) are dropped by `dedupe_csv` at the end.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        path = os.path.join(self.log_dir, "metrics.csv")
+        rows, keys = [], []
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                rows, keys = list(reader), list(reader.fieldnames or [])
+        experiment = super().experiment  # removes the old file
+        if rows:
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+            experiment.metrics_keys = sorted(keys)
+        return experiment
+
+
+def dedupe_csv(path: str) -> None:
+    """Keep the last of rows logged for the same step with the same metrics (a restarted worker
+    group repeats the steps after its checkpoint, with the same values: exact resume)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, keys = list(reader), list(reader.fieldnames or [])
+    last = {}
+    for i, row in enumerate(rows):
+        last[(row.get("step"), tuple(k for k in keys if row.get(k) not in ("", None)))] = i
+    keep = sorted(last.values())
+    if len(keep) == len(rows):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows[i] for i in keep)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- `launcher train --resume`

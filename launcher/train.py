@@ -155,6 +155,7 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", resume: bool = Fal
     history = dedupe_history(log.get("report", []))
     test = (log.get("test") or [{}])[-1]
     end = (log.get("end") or [{}])[-1]
+    end["resumed_steps"] = [s.get("resumed_step") for s in log.get("start", [])[1:]]
     samples = prepared.sizes["train"] * max(1, int(max((h.get("epoch", 0) for h in history), default=0)))
     return Outcome(result=result, history=history, test=test, starts=len(log.get("start", [])), wall_s=wall, end=end,
                    train_samples=samples, monitor=monitor, mode=mode, storage=storage, name=name)
@@ -215,6 +216,7 @@ def train_loop(loop_config: dict) -> None:
     from launcher import distributed
     from launcher.callbacks import CHECKPOINT_NAME, NonFiniteGuard, NonFiniteLoss, ProgressLog, ReportCallback
     from launcher.data import from_table
+    from launcher import resume
     from launcher.resume import LoaderPosition
     from launcher.tasks import get_task
 
@@ -224,8 +226,14 @@ def train_loop(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     run_log = loop_config["run_log"]
+    # A restarted worker group resumes this run's latest checkpoint; a fresh run may start from one
+    # the caller hands in (launcher tune: a PBT trial continuing from a better trial's weights).
+    own_checkpoint = ray.train.get_checkpoint()
+    checkpoint = own_checkpoint or loop_config.get("init_checkpoint")
+    ckpt_path = os.path.join(checkpoint.to_directory(), CHECKPOINT_NAME) if checkpoint is not None else None
+    resumed_step = resume.checkpoint_step(ckpt_path) if own_checkpoint is not None else None
     if rank == 0:
-        run_log.record.remote("start", {"time": time.time()})
+        run_log.record.remote("start", {"time": time.time(), "resumed_step": resumed_step})
 
     task = get_task(cfg.task)(cfg)
     tokenizer = loop_config["tokenizer"]
@@ -254,18 +262,11 @@ def train_loop(loop_config: dict) -> None:
         enable_model_summary=False,
         use_distributed_sampler=False,  # our samplers shard exactly (see launcher.data)
         deterministic=t.deterministic,
-        logger=loggers(cfg) if rank == 0 else False,
+        logger=loggers(cfg, resumed_step) if rank == 0 else False,
         callbacks=callbacks,
         **distributed.lightning_kwargs(cfg),
     )
     trainer = distributed.prepare(trainer)
-    ckpt_path = None
-    # A restarted worker group resumes this run's latest checkpoint; a fresh run may start from one
-    # the caller hands in (launcher tune: a PBT trial continuing from a better trial's weights).
-    checkpoint = ray.train.get_checkpoint() or loop_config.get("init_checkpoint")
-    if checkpoint is not None:
-        local = checkpoint.to_directory()
-        ckpt_path = os.path.join(local, CHECKPOINT_NAME)
     try:
         trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"], ckpt_path=ckpt_path)
     except NonFiniteLoss as e:
@@ -285,6 +286,8 @@ def train_loop(loop_config: dict) -> None:
             test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
             test["weights"] = "best" if on_best else "last"
             run_log.record.remote("test", test)
+    if rank == 0 and resumed_step is not None and cfg.logging.csv:
+        resume.dedupe_csv(os.path.join(os.path.abspath(cfg.output_dir), "logs", "csv", "metrics.csv"))
 
 
 def quiet_warnings() -> None:
@@ -326,18 +329,25 @@ def build_loaders(task, cfg: Config, splits: dict, tokenizer, rank: int, world: 
     return loaders
 
 
-def loggers(cfg: Config) -> list:
+def loggers(cfg: Config, resumed_step: Optional[int] = None) -> list:
+    """Rank 0's loggers. `resumed_step`: this worker group continues a run from that step, so the
+    logs keep the history before it and drop what the failed group logged after it."""
     from lightning.pytorch import loggers as pl_loggers
+
+    from launcher.resume import HistoryCSVLogger
 
     out = []
     log_dir = os.path.join(os.path.abspath(cfg.output_dir), "logs")
     if cfg.logging.tensorboard:
+        # purge_step: TensorBoard hides events at or after it from earlier writers of this folder.
+        purge = {"purge_step": resumed_step} if resumed_step is not None else {}
         try:
-            out.append(pl_loggers.TensorBoardLogger(log_dir, name="", version="tensorboard", default_hp_metric=False))
+            out.append(pl_loggers.TensorBoardLogger(log_dir, name="", version="tensorboard", default_hp_metric=False, **purge))
         except ModuleNotFoundError:
             print("[launcher] tensorboard not installed: skipping TensorBoard logs", file=sys.stderr)
     if cfg.logging.csv:
-        out.append(pl_loggers.CSVLogger(log_dir, name="", version="csv"))
+        csv_logger = HistoryCSVLogger if resumed_step is not None else pl_loggers.CSVLogger
+        out.append(csv_logger(log_dir, name="", version="csv"))
     if cfg.logging.wandb:
         try:
             import wandb  # noqa: F401
