@@ -43,6 +43,34 @@ def init_ray(cfg: Config, **kwargs) -> None:
                  runtime_env=runtime_env, log_to_driver=True, **kwargs)
 
 
+def check_local_resources(cfg: Config) -> None:
+    """Without `ray.address`, launcher starts Ray on this machine: check the request against it
+    before Ray starts (a cluster is checked by `check_resources` once joined)."""
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    r = cfg.ray
+    cpus = r.num_cpus or os.cpu_count() or 1
+    need_cpu = r.num_workers * r.cpus_per_worker
+    if need_cpu > cpus + 1e-9:
+        where = f"ray.num_cpus is {cpus}" if r.num_cpus else f"this machine has {cpus} CPUs"
+        raise ConfigError("ray.num_workers", f"{r.num_workers} workers x {r.cpus_per_worker:g} CPUs = {need_cpu:g} CPUs, {where}",
+                          "lower ray.num_workers or ray.cpus_per_worker (fractions allowed), or set ray.address to a cluster")
+    if r.use_gpu:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus < r.num_workers * r.gpus_per_worker:
+            raise ConfigError("ray.use_gpu", f"{r.num_workers} workers x {r.gpus_per_worker:g} GPUs asked, this machine has "
+                              f"{gpus or 'no'} GPU{'s' if gpus != 1 else ''}", "set --ray.use_gpu false, or ray.address to a cluster with GPUs")
+    if r.accelerator == "tpu":
+        # TPU VMs expose their chips as /dev/accel* (v2-v4) or /dev/vfio/<n> (v5e and later), which
+        # is also how Ray counts them.
+        import glob
+
+        chips = float(len(glob.glob("/dev/accel[0-9]*")) or len(glob.glob("/dev/vfio/[0-9]*")))
+        _check_tpus(cfg, {"TPU": chips, "CPU": float(cpus)}, hosts=[chips], scalable=[])
+
+
 def cluster_resources() -> dict:
     import ray
 

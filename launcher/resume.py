@@ -1,4 +1,4 @@
-"""Resuming exactly where a run stopped: the data position inside an epoch, and `--resume` of a run.
+"""Resuming exactly where a run stopped: the data position inside an epoch, and the logs.
 
 Ray Train restarts a worker group from the latest reported checkpoint. Lightning restores the model,
 optimizer, scheduler, global_step and its loop counters from that checkpoint, but a plain DataLoader
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch.utils.data import DataLoader
 
-from launcher.config import Config, ConfigError, storage_path
 
 
 class ResumableLoader(DataLoader):
@@ -129,28 +127,3 @@ def dedupe_csv(path: str) -> None:
         writer.writerows(rows[i] for i in keep)
     os.replace(tmp, path)
 
-
-# ---------------------------------------------------------------------- `launcher train --resume`
-
-
-def run_dir(cfg: Config, name: str) -> str:
-    return os.path.join(storage_path(cfg), name)
-
-
-def check_resumable(cfg: Config, name: str = "train") -> None:
-    """`--resume` needs the Ray run state of a previous run of this output_dir. Raises ConfigError."""
-    path = run_dir(cfg, name)
-    if "://" in path:
-        return  # remote storage: Ray itself finds (or does not find) the run state
-    if not os.path.isdir(path) or not any(n.startswith("checkpoint_") for n in os.listdir(path)):
-        raise ConfigError("--resume", f"no checkpoint to resume in {path}",
-                          "run without --resume (add --overwrite to replace output_dir), or point ray.storage_path at the run's storage")
-
-
-def latest_checkpoint_dir(cfg: Config, name: str = "train") -> Optional[str]:
-    """The newest checkpoint folder of a local run (for messages and tests)."""
-    path = run_dir(cfg, name)
-    if not os.path.isdir(path):
-        return None
-    found = sorted(n for n in os.listdir(path) if n.startswith("checkpoint_"))
-    return os.path.join(path, found[-1]) if found else None

@@ -144,6 +144,31 @@ def run_name(cfg: Config) -> str:
     return f"{slug}-{hashlib.sha1(out.encode()).hexdigest()[:8]}"
 
 
+def check_run_state(cfg: Config, name: str, overwrite: bool, resume: bool) -> None:
+    """Ray Train continues whatever run of the same name it finds in storage. Make that explicit:
+    `--resume` needs an earlier run there, and a fresh run must not silently continue one.
+    Raises ConfigError; runs before any model or data is loaded."""
+    from launcher.config import storage_path
+
+    run = join(storage_path(cfg), name)
+    found = _has_checkpoints(run)
+    if resume and not found:
+        raise ConfigError("--resume", f"no earlier run to resume in {redact_uri(run)}",
+                          "run without --resume, or set ray.storage_path to the storage of the run to continue")
+    if found and not resume and not overwrite:
+        raise ConfigError("output_dir", f"an earlier run of {cfg.output_dir} is in {redact_uri(run)}",
+                          "pass --resume to continue it or --overwrite to start over")
+
+
+def _has_checkpoints(run: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(run)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    return any(os.path.basename(f.path).startswith("checkpoint_") for f in fs.get_file_info(pafs.FileSelector(path)))
+
+
 def clear_run(cfg: Config, name: str) -> None:
     """Delete a previous run of this name in shared storage (`launcher train --overwrite`)."""
     from launcher.config import storage_path

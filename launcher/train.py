@@ -79,9 +79,14 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """The whole `launcher train` flow. Returns the results dict that is also written to results.json."""
     from launcher import distributed, export, storage
 
+    from launcher import resume as resume_lib
+
     check_output_dir(cfg, overwrite, resume)
-    prepared = prepare(cfg)
+    config_lib.validate(cfg)
+    distributed.check_local_resources(cfg)  # before loading anything: the machine must fit the request
     name = storage.run_name(cfg)  # unique in shared storage, where Ray would resume a same-named run
+    storage.check_run_state(cfg, name, overwrite, resume)
+    prepared = prepare(cfg)
     if overwrite and not resume:
         export.clear_output_dir(cfg.output_dir)
         storage.clear_run(cfg, name)

@@ -163,3 +163,30 @@ def as_rank0_of_two(make, other):
         return [tensor, theirs[(len(calls) - 1) % len(theirs)]]
 
     return make(dist_sync_fn=gather, distributed_available_fn=lambda: True)
+
+
+def validate_then_evaluate_export(cfg) -> tuple[dict, dict]:
+    """Validate an untrained task module in process, export it, and score the export with `launcher evaluate`.
+
+    Returns (in-memory validation metrics, `launcher evaluate` metrics of the exported folder): the
+    same weights and data must give the same numbers, whatever the task's export and reload involve.
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from launcher import evaluate, export, train
+
+    p = train.prepare(cfg)
+    torch.manual_seed(0)
+    module = p.task.module(p.meta, p.tokenizer)
+    module.model.eval()
+    loader = train.build_loaders(p.task, cfg, p.splits, p.tokenizer, 0, 1)["validation"]
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    direct = trainer.validate(module, loader, verbose=False)[0]
+    best = os.path.join(cfg.output_dir, "best")
+    export.save_folder(cfg, p.task, p.meta, module.model, p.tokenizer, best)
+    export.save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    out = os.path.join(cfg.output_dir, "evaluate.json")
+    assert evaluate.main([os.path.join(cfg.output_dir, "config.yaml"), "--model", best, "--split", "validation", "--output", out]) == 0
+    with open(out) as f:
+        return direct, json.load(f)

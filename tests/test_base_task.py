@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import base_config, make_tiny_bert, run_cli, sentiment_rows, write_csv
+from conftest import base_config, make_tiny_bert, run_cli, sentiment_rows, validate_then_evaluate_export, write_csv
 from launcher.config import ConfigError
 from launcher.heads import MeanPoolClassifier
 from launcher.tasks.base_head import BaseTask, load_head_class
@@ -54,6 +54,15 @@ def test_mean_pool_classifier_ignores_padding():
     assert out["logits"].tolist() == [[2.0, 3.0]]  # mean of the two real tokens
     assert float(out["loss"].detach()) == pytest.approx(float(F.cross_entropy(torch.tensor([[2.0, 3.0]]), torch.tensor([1]))))
     assert set(head.build_metrics()) == {"accuracy", "f1"}
+
+
+def test_exported_folder_evaluates_like_the_module(tmp_path, tiny_bert, sentiment_files):
+    """The export (backbone folder + head.pt) reloads with the trained head: same numbers as in memory."""
+    cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "out"), task="base",
+                      task_options={"head": "launcher.heads:MeanPoolClassifier"})
+    direct, evaluated = validate_then_evaluate_export(cfg)
+    assert set(direct) == {"val_loss", "val_accuracy", "val_f1"}
+    assert evaluated == pytest.approx(direct)
 
 
 @pytest.mark.ray

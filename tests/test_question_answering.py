@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from conftest import FILLER, as_rank0_of_two, base_config, make_tiny_bert, run_cli, write_jsonl
+from conftest import (FILLER, as_rank0_of_two, base_config, make_tiny_bert, run_cli, validate_then_evaluate_export,
+                      write_jsonl)
 from launcher.config import ConfigError
 from launcher.tasks.question_answering import (SquadMetric, f1, feature_spans, normalize_answer, qa_features,
                                                select_answers, squad_scores)
@@ -217,6 +218,14 @@ def test_predict_reads_every_window_of_long_contexts(tmp_path, tiny_bert):
     assert [p["question"] for p in preds] == [r["question"] for r in rows]
     for p, r in zip(preds, rows):
         assert p["answer"] and p["answer"] in r["context"] and 0.0 < p["score"] <= 1.0
+
+
+def test_exported_folder_evaluates_like_the_module(tmp_path, tiny_bert):
+    files = {"train": write_jsonl(str(tmp_path / "t.jsonl"), qa_rows(8, 1)), "validation": write_jsonl(str(tmp_path / "v.jsonl"), qa_rows(7, 2))}
+    cfg = base_config(tiny_bert, files, str(tmp_path / "out"), task="question-answering", task_options={"doc_stride": 8})
+    direct, evaluated = validate_then_evaluate_export(cfg)
+    assert set(direct) == {"val_loss", "val_exact_match", "val_f1"}
+    assert evaluated == pytest.approx(direct)
 
 
 # ---------------------------------------------------------------------- Ray

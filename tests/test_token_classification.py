@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from conftest import SPECIALS, as_rank0_of_two, base_config, make_tiny_bert, run_cli, write_jsonl
+from conftest import (SPECIALS, as_rank0_of_two, base_config, make_tiny_bert, run_cli, validate_then_evaluate_export,
+                      write_jsonl)
 from launcher.config import ConfigError
 from launcher.tasks.token_classification import (SeqevalMetric, TokenClassification, read_conll, seqeval_scores,
                                                  tokenize_words)
@@ -209,6 +210,13 @@ def test_predict_tags_every_word_of_long_sentences(tmp_path, tiny_bert):
     one_by_one = task.predict(folder, datasets.Dataset.from_list([{"tokens": [w]} for w in long]), {"batch_size": 8, "device": -1})
     assert preds[0]["tags"] == [p["tags"][0] for p in one_by_one]
     assert len(set(preds[0]["tags"])) > 1  # the check above is not vacuous
+
+
+def test_exported_folder_evaluates_like_the_module(tmp_path, tiny_bert, ner_files):
+    cfg = base_config(tiny_bert, ner_files, str(tmp_path / "out"), task="token-classification")
+    direct, evaluated = validate_then_evaluate_export(cfg)
+    assert set(direct) == {"val_loss", "val_precision", "val_recall", "val_f1", "val_accuracy"}
+    assert evaluated == pytest.approx(direct)
 
 
 # ---------------------------------------------------------------------- Ray
