@@ -191,9 +191,16 @@ def test_data_errors(tmp_path, tiny_bert):
     p = prepare(cfg)
     assert p.sizes["train"] >= 4
 
-    cfg.task_options = {"doc_stride": 16}
-    with pytest.raises(ConfigError, match="task_options.doc_stride: must be >= 0 and below half of data.max_length"):
+    cfg.task_options = {"doc_stride": 32}
+    with pytest.raises(ConfigError, match=r"task_options.doc_stride: must be >= 0 and below data.max_length \(32\)"):
         prepare(cfg)
+    # Windows of 32 tokens: [CLS] question [SEP] context [SEP] leaves 29 - 5 = 24 context tokens after a
+    # 5-token question, no more than a stride of 24 (the tokenizer would panic on it).
+    cfg.task_options = {"doc_stride": 24, "version_2_with_negative": True}
+    cfg.data.train_file = files["train"].replace("train.jsonl", "v2.jsonl")
+    with pytest.raises(ConfigError, match=r"v2\.jsonl row \d+: the question takes 5 tokens and leaves 24 for context") as e:
+        prepare(cfg)
+    assert e.value.key == "data.max_length"
     cfg.task_options = {"question_col": "q"}
     with pytest.raises(ConfigError, match="did you mean task_options.question_column"):
         prepare(cfg)

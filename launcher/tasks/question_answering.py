@@ -43,7 +43,7 @@ from torch import nn
 
 from launcher.config import ConfigError
 from launcher.data import check_no_empty, require_columns
-from launcher.tasks.base import PadCollator, Task, TaskModule, first_line
+from launcher.tasks.base import PadCollator, Task, TaskModule
 
 #: eval-feature columns that are not model inputs
 SIDE_COLUMNS = ("example_id", "offset_mapping")
@@ -308,8 +308,8 @@ class QuestionAnswering(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         o, d = self.options, cfg.data
-        if o.doc_stride < 0 or o.doc_stride >= d.max_length // 2:
-            raise ConfigError("task_options.doc_stride", f"must be >= 0 and below half of data.max_length ({d.max_length}), got {o.doc_stride}",
+        if o.doc_stride < 0 or o.doc_stride >= d.max_length:
+            raise ConfigError("task_options.doc_stride", f"must be >= 0 and below data.max_length ({d.max_length}), got {o.doc_stride}",
                               f"e.g. --task_options.doc_stride {max(d.max_length // 4, 1)}")
         if o.max_answer_length < 1:
             raise ConfigError("task_options.max_answer_length", f"must be >= 1, got {o.max_answer_length}")
@@ -367,29 +367,33 @@ class QuestionAnswering(Task):
 
     def _features(self, split: str, ds, tokenizer, max_length: int, base: Optional[int]):
         o = self.options
+        self._check_room(ds, tokenizer, max_length, split)
 
         def encode(batch, indices):
             ids = [base + i for i in indices] if base is not None else None
             return qa_features(tokenizer, batch[o.question_column], batch[o.context_column], max_length, o.doc_stride,
                                batch[o.answers_column] if o.answers_column in batch else None, ids)
 
-        try:
-            return ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
-                          num_proc=self.cfg.data.preprocessing_num_workers, desc=f"tokenizing {split}")
-        except Exception as e:  # the tokenizer refuses questions that leave no room for context
-            row = self._failing_row(ds, tokenizer, max_length)
-            where = f" (row {row + 1} of data.{split}_file)" if row is not None else ""
-            raise ConfigError("data.max_length", f"cannot split question + context into windows of {max_length} tokens{where}: {first_line(e)}",
-                              "raise data.max_length or lower task_options.doc_stride; questions must leave room for context") from None
+        return ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
+                      num_proc=self.cfg.data.preprocessing_num_workers, desc=f"tokenizing {split}")
 
-    def _failing_row(self, ds, tokenizer, max_length: int) -> Optional[int]:
+    def _check_room(self, ds, tokenizer, max_length: int, split: str) -> None:
+        """Every window needs context tokens beyond the stride (the Rust tokenizer panics otherwise)."""
+        from launcher.data import file_of
+
         o = self.options
-        for i, row in enumerate(ds):
-            try:
-                qa_features(tokenizer, [row[o.question_column]], [row[o.context_column]], max_length, o.doc_stride)
-            except Exception:
-                return i
-        return None
+        questions = [q.lstrip() for q in ds[o.question_column]]
+        room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+        for i, ids in enumerate(tokenizer(questions, add_special_tokens=False)["input_ids"]):
+            left = room - len(ids)
+            if left <= o.doc_stride:
+                path = file_of(self.cfg, split) if split != "predict" else "--input"
+                # A held-out validation split reorders rows: name the question instead of a row number.
+                held_out = not self.cfg.data.validation_file and split in ("train", "validation")
+                where = f"{path}, question {questions[i][:60]!r}" if held_out else f"{path} row {i + 1}"
+                raise ConfigError("data.max_length", f"{where}: the question takes {len(ids)} tokens and leaves {max(left, 0)} "
+                                  f"for context in windows of {max_length}, not more than task_options.doc_stride ({o.doc_stride})",
+                                  "raise data.max_length or lower task_options.doc_stride")
 
     def collator(self, tokenizer):
         from transformers import DataCollatorWithPadding
@@ -417,6 +421,7 @@ class QuestionAnswering(Task):
         model.to(device)
         # datasets 5 returns lazy Column objects; tokenizers want lists.
         questions, contexts = list(ds[o.question_column]), list(ds[o.context_column])
+        self._check_room(ds, tokenizer, self.cfg.data.max_length, "predict")
         feats = qa_features(tokenizer, questions, contexts, self.cfg.data.max_length, o.doc_stride,
                             example_ids=list(range(len(ds))))
         pad = DataCollatorWithPadding(tokenizer)
