@@ -131,7 +131,11 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", resume: bool = Fal
 
     monitor = prepared.task.monitor
     mode = cfg.checkpoint.mode or config_lib.default_mode(monitor)
-    run_log = RunLog.options(num_cpus=0).remote()
+    # Pinned to the driver's node: the run's record must outlive any worker node that fails.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    run_log = RunLog.options(num_cpus=0, scheduling_strategy=here).remote()
     loop_config = {
         "cfg": config_lib.to_dict(cfg),
         "meta": prepared.meta,
@@ -160,7 +164,7 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", resume: bool = Fal
     history = dedupe_history(log.get("report", []))
     test = (log.get("test") or [{}])[-1]
     end = (log.get("end") or [{}])[-1]
-    end["resumed_steps"] = [s.get("resumed_step") for s in log.get("start", [])[1:]]
+    end["resumed_steps"] = [s["resumed_step"] for s in log.get("start", []) if s.get("resumed_step") is not None]
     samples = prepared.sizes["train"] * max(1, int(max((h.get("epoch", 0) for h in history), default=0)))
     return Outcome(result=result, history=history, test=test, starts=len(log.get("start", [])), wall_s=wall, end=end,
                    train_samples=samples, monitor=monitor, mode=mode, storage=storage, name=name)
