@@ -174,9 +174,9 @@ class SeqevalMetric(torchmetrics.Metric):
 
 class TokenClassificationModule(TaskModule):
     def build_metrics(self) -> nn.ModuleDict:
-        id2label = [self.meta["id2label"][str(i)] if str(i) in self.meta["id2label"] else self.meta["id2label"][i]
-                    for i in range(self.meta["num_labels"])]
-        return nn.ModuleDict({"seqeval": SeqevalMetric(id2label, self.meta["scheme"])})
+        # Keys are ints after prepare() and strings after a JSON round trip (launcher.json).
+        names = {int(k): v for k, v in self.meta["id2label"].items()}
+        return nn.ModuleDict({"seqeval": SeqevalMetric([names[i] for i in range(self.meta["num_labels"])], self.meta["scheme"])})
 
     def update_metrics(self, metrics, batch, outputs, keep) -> None:
         preds = outputs.logits.detach().argmax(-1)[keep]
