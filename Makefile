@@ -38,3 +38,6 @@ test-all: test test-slow
 
 clean-venv:
 	rm -rf $(VENV)
+
+# `make test-xla`: the torch-xla CPU PJRT lane in its own venv.
+include mk/xla.mk
