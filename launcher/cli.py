@@ -79,6 +79,9 @@ def parse(argv: list[str], prog: str = "launcher train", description: str = "", 
     cfg = parser.instantiate(ns) if hasattr(parser, "instantiate") else parser.instantiate_classes(ns)
     cfg = config_cls(**{f.name: cfg[f.name] for f in dataclasses.fields(config_cls) if f.name in cfg})
     cfg.task_options = {**(cfg.task_options or {}), **task_options}
+    from launcher import secrets
+
+    secrets.check_config(dataclasses.asdict(cfg))  # also before --print-config echoes it
     if hasattr(cfg, "model") and cfg.model.name_or_path.startswith("pypi:"):
         from launcher import models
 

@@ -295,8 +295,10 @@ def default_mode(metric: str) -> str:
 
 def validate(cfg: Config) -> None:
     """Range and combination checks that need neither data nor Ray. Raises ConfigError."""
+    from launcher import secrets
     from launcher.tasks import TASKS  # registry only: cheap
 
+    secrets.check_config(to_dict(cfg))  # secrets come from the environment only
     if cfg.task not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.task!r}", "choose one of: " + ", ".join(sorted(TASKS)))
     if not cfg.model.name_or_path:
@@ -350,4 +352,4 @@ def validate(cfg: Config) -> None:
 
 def _check(ok: bool, key: str, message: str, fix: str = "") -> None:
     if not ok:
-        raise ConfigError(key, message, fix)
+        raise ConfigError(key, message, fix or f"set --{key} within that range (`launcher train --help` explains it)")

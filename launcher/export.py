@@ -16,16 +16,17 @@ from typing import Any, Optional
 from launcher import config as config_lib
 from launcher.config import Config
 
-SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "access_key", "credential")
-
-
 def redact(obj: Any) -> Any:
-    """Copies `obj` with values of secret-looking keys replaced (configs, logs, checkpoints)."""
+    """Copies `obj` with values of secret-looking keys (hf_token, api_key; not tokenizer) and
+    secret-looking parts of strings (tokens, user:password@ in URIs) replaced by ***."""
+    from launcher.secrets import is_secret_key, mask
+
     if isinstance(obj, dict):
-        return {k: ("***" if isinstance(k, str) and any(w in k.lower() for w in SECRET_WORDS) and v else redact(v))
-                for k, v in obj.items()}
+        return {k: ("***" if isinstance(k, str) and is_secret_key(k) and v else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return mask(obj)
     return obj
 
 
@@ -39,7 +40,7 @@ def atomic_write(path: str, text: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    atomic_write(path, json.dumps(redact(obj), indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
 def _jsonable(v):
