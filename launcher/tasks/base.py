@@ -78,8 +78,13 @@ class Task:
         path = m.tokenizer or m.name_or_path
         key = "model.tokenizer" if m.tokenizer else "model.name_or_path"
         check_model_path(path, key)
+        gguf = m.gguf_file and not m.tokenizer
+        if os.path.isdir(path) and not gguf and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            # transformers would build an empty tokenizer (special tokens only) from config.json alone.
+            raise ConfigError(key, f"no tokenizer files in {path} (tokenizer.json, tokenizer_config.json, vocab.txt, ...)",
+                              "save the tokenizer into that folder (tokenizer.save_pretrained) or set model.tokenizer to a tokenizer folder")
         try:
-            kwargs = {"gguf_file": m.gguf_file} if m.gguf_file and not m.tokenizer else {}
+            kwargs = {"gguf_file": m.gguf_file} if gguf else {}
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=m.trust_remote_code, revision=m.revision, **kwargs)
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(key, f"no usable tokenizer in {path}: {first_line(e)}",
@@ -260,6 +265,10 @@ def batch_size_of(batch: dict) -> int:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
+                   "sentencepiece.bpe.model", "merges.txt")
 
 
 def first_line(e: BaseException) -> str:
