@@ -143,6 +143,19 @@ def translate_error(message: str, config_cls=Config) -> ConfigError:
     m = re.search(r"unrecognized arguments: (--?[\w.\-]+)", text)
     if m:
         return _unknown(m.group(1).lstrip("-"), keys)
+    m = re.search(r"Option '([\w.]+)' is not accepted", text)  # an unknown section in the YAML
+    if m:
+        return _unknown(m.group(1), keys)
+    m = re.search(r'Parser key "([\w.]+)": Does not validate against any of the Union subtypes Subtypes: \[(.*?)\] Errors:.*'
+                  r"Given value: (.+)$", text)
+    if m:  # Optional[...] keys: name the accepted choices or type, not jsonargparse's union internals
+        key, subtypes, got = m.groups()
+        choices = re.findall(r"'([^']+)'", subtypes.split("]")[0]) if "Literal" in subtypes else []
+        if choices:
+            return ConfigError(key, f"invalid choice {got.strip()!r}", "choose one of: " + ", ".join(choices) + " (or null)")
+        kinds = [k for k in re.findall(r"<class '(\w+)'>", subtypes) if k != "NoneType"]
+        kind = " or ".join(kinds) or "value"
+        return ConfigError(key, f"expected {kind} or null, got {got.strip()!r}", f"give a {kind} value")
     m = re.search(r'Parser key "([\w.]+)":.*?Expected a (.+?)\. Got value: (.+?)(?: - |$)', text)
     if m:
         key, expected, got = m.groups()

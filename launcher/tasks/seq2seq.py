@@ -17,7 +17,6 @@ ranks hold different numbers of examples (21 examples on 2 workers: 11 and 10).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable, Optional
@@ -277,8 +276,10 @@ class Seq2SeqModule(TaskModule):
         self.last_generations[stage] = rows
         values = score_rows(self.task, metrics, rows)
         if stage == "val" and self.global_rank == 0:
+            from launcher.callbacks import say
+
             for i, pred, ref, _ in rows[:2]:
-                print(f"[launcher] val example {i}: {pred[:120]!r} (reference {ref[:120]!r})", file=sys.stderr, flush=True)
+                say(f"[launcher] val example {i}: {pred[:120]!r} (reference {ref[:120]!r})")
         return values
 
 
