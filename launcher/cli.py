@@ -155,7 +155,7 @@ def translate_error(message: str, config_cls=Config) -> ConfigError:
             return ConfigError(key, f"invalid choice {got.strip()!r}", "choose one of: " + ", ".join(choices) + " (or null)")
         kinds = [k for k in re.findall(r"<class '(\w+)'>", subtypes) if k != "NoneType"]
         kind = " or ".join(kinds) or "value"
-        return ConfigError(key, f"expected {kind} or null, got {got.strip()!r}", f"give a {kind} value")
+        return ConfigError(key, f"expected {kind} or null, got {got.strip()!r}", f"give {_a(kind)} {kind} value")
     m = re.search(r'Parser key "([\w.]+)":.*?Expected a (.+?)\. Got value: (.+?)(?: - |$)', text)
     if m:
         key, expected, got = m.groups()
@@ -163,11 +163,15 @@ def translate_error(message: str, config_cls=Config) -> ConfigError:
         if lit:
             return ConfigError(key, f"invalid choice {got.strip()!r}", "choose one of: " + ", ".join(lit))
         kind = re.sub(r"<class '(\w+)'>", r"\1", expected)
-        return ConfigError(key, f"expected {kind}, got {got.strip()!r}", f"give a {kind} value")
+        return ConfigError(key, f"expected {kind}, got {got.strip()!r}", f"give {_a(kind)} {kind} value")
     m = re.search(r'Parser key "([\w.]+)":\s*(.*)', text)
     if m:
         return ConfigError(m.group(1), m.group(2)[:200])
     return ConfigError("config", text[:300])
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _unknown(key: str, keys: list[str]) -> ConfigError:
