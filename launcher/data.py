@@ -44,6 +44,11 @@ def check_file(key: str, path: str) -> None:
         raise ConfigError(key, f"unknown file type: {path}", "use .csv, .tsv, .json, .jsonl, .parquet, .txt or a save_to_disk folder")
     if builder_for(path) == "json":
         _check_json_lines(key, path)
+    if builder_for(path) == "csv":
+        with open(path, "rb") as f:
+            lines = [line for _, line in zip(range(2), f) if line.strip()]
+        if len(lines) < 2:
+            raise ConfigError(key, f"no examples in {path}: only a header line", "add at least one row below the header")
 
 
 def _check_json_lines(key: str, path: str) -> None:
@@ -90,13 +95,32 @@ def read_file(key: str, path: str, **text_options):
     kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
     if builder == "text":
         kwargs.update(text_options)
+    import logging
+
+    quiet = _DropErrors()  # datasets logs the failure before raising it: the ConfigError below says it once
+    handlers = logging.getLogger("datasets").handlers
+    for h in handlers:
+        h.addFilter(quiet)
     try:
         ds = datasets.load_dataset(builder, data_files={"x": path}, split="x", **kwargs)
-    except Exception as e:  # pyarrow/pandas parse errors: keep the message, name the file
-        raise ConfigError(key, f"cannot read {path}: {str(e).splitlines()[0][:200]}", "check the file's format") from e
+    except Exception as e:  # pyarrow/pandas parse errors: keep the root cause's message, name the file
+        chain = [e]
+        while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        root = next((c for c in chain if isinstance(c, UnicodeDecodeError)), chain[-1])
+        fix = "save the file as UTF-8" if isinstance(root, UnicodeDecodeError) else "check the file's format"
+        raise ConfigError(key, f"cannot read {path}: {str(root).splitlines()[0][:200]}", fix) from e
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
     if len(ds) == 0:
         raise ConfigError(key, f"no examples in {path}", "give a file with at least one example")
     return ds
+
+
+class _DropErrors:
+    def filter(self, record) -> bool:
+        return record.levelno < 40  # logging.ERROR
 
 
 def require_columns(key: str, path: str, ds, columns: dict[str, Optional[str]]) -> None:
