@@ -178,12 +178,17 @@ class S3:
         client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                               aws_access_key_id="testing", aws_secret_access_key="testing")
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+        # pyarrow also writes "folder/" marker objects: only files count.
+        return [o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
 
 
 def start_s3(bucket: str = "launcher-test") -> S3:
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

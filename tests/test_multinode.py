@@ -1,0 +1,130 @@
+"""Multi-node: node counting and storage rules, and a real run on a simulated 2-node cluster.
+
+The 2-node run uses `ray.cluster_utils.Cluster` (a head and a worker node as separate Ray node
+processes on this machine) in a subprocess with its own RAY_TMPDIR, so neither this process's
+`ray_session` nor any other Ray on the machine is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cluster_helpers import free_port, isolated_env, ray_tmpdir
+from launcher import distributed
+from launcher.config import Config, ConfigError
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cfg(**ray) -> Config:
+    cfg = Config(output_dir="/tmp/somewhere/out")
+    for k, v in ray.items():
+        setattr(cfg.ray, k, v)
+    return cfg
+
+
+def test_local_storage_is_refused_on_several_nodes(monkeypatch):
+    monkeypatch.delenv("LAUNCHER_STORAGE", raising=False)
+    # Two nodes on one machine share node:<ip>; each adds 1 to it.
+    two_on_one_ip = {"CPU": 4.0, "node:10.0.0.1": 2.0, "node:__internal_head__": 1.0}
+    two_ips = {"CPU": 4.0, "node:10.0.0.1": 1.0, "node:10.0.0.2": 1.0, "node:__internal_head__": 1.0}
+    for resources in (two_on_one_ip, two_ips):
+        with pytest.raises(ConfigError, match="the cluster has 2 nodes but run storage is the local folder /tmp/somewhere/out/ray"):
+            distributed.check_resources(_cfg(), resources)
+        distributed.check_resources(_cfg(storage_path="s3://bucket/runs"), resources)
+        distributed.check_resources(_cfg(storage_path="/mnt/nfs/runs"), resources)  # explicit: the user says it is shared
+    distributed.check_resources(_cfg(), {"CPU": 4.0, "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0})
+    monkeypatch.setenv("LAUNCHER_STORAGE", "gs://bucket/runs")
+    distributed.check_resources(_cfg(), two_ips)
+
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    import lightning.pytorch as pl
+    import ray
+    import yaml
+    from ray.cluster_utils import Cluster
+
+    from conftest import base_config, make_tiny_bert, sentiment_rows, write_csv
+    from launcher import distributed, export, storage, train
+    from launcher.config import ConfigError, to_dict
+
+    work = {work!r}
+
+
+    class NodeOfRank(pl.Callback):
+        # Runs in each Ray Train worker: which node holds which rank.
+        def on_train_start(self, trainer, module):
+            rank = ray.train.get_context().get_world_rank()
+            with open(os.path.join(work, f"node-of-rank-{{rank}}"), "w") as f:
+                f.write(ray.get_runtime_context().get_node_id())
+
+
+    cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "include_dashboard": True,
+                                                             "dashboard_host": "127.0.0.1", "dashboard_port": {dash}}})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    files = {{"train": write_csv(os.path.join(work, "train.csv"), sentiment_rows(96, seed=1)),
+              "validation": write_csv(os.path.join(work, "val.csv"), sentiment_rows(30, seed=2))}}
+    cfg = base_config(make_tiny_bert(os.path.join(work, "model")), files, os.path.join(work, "out"),
+                      ray={{"address": cluster.address, "placement_strategy": "SPREAD", "cpus_per_worker": 1}})
+    with open(os.path.join(work, "cfg.yaml"), "w") as f:
+        yaml.safe_dump({{k: v for k, v in to_dict(cfg).items() if k != "tune"}}, f)
+    distributed.init_ray(cfg)
+    nodes = len([n for n in ray.nodes() if n["Alive"]])
+    try:
+        distributed.check_resources(cfg, ray.cluster_resources())
+        refused = None
+    except ConfigError as e:
+        refused = str(e)
+    # One machine: a folder here is "shared" by both nodes, so an explicit path is accepted.
+    cfg.ray.storage_path = os.path.join(work, "shared-storage")
+    prepared = train.prepare(cfg)
+    distributed.check_resources(cfg, ray.cluster_resources())
+    outcome = train.fit(cfg, prepared, name=storage.run_name(cfg), extra_loop_config={{"callbacks": [NodeOfRank()]}})
+    results = export.finish(cfg, prepared, outcome)
+    ranks = {{r: open(os.path.join(work, f"node-of-rank-{{r}}")).read() for r in (0, 1)}}
+    t = cfg.train
+    from launcher import plan
+        expected = {{"formula": optimizer_steps(96, 2, t.batch_size, t.accumulate_grad_batches, t.max_epochs),
+                 "plan": plan.build(cfg)["steps"]["optimizer_steps_total"]}}
+    print("RESULT " + json.dumps({{"nodes": nodes, "refused": refused, "ranks": ranks, "results": results, "expected": expected}}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_node_cluster_spread_placement(tmp_path):
+    work = str(tmp_path)
+    script = tmp_path / "two_nodes.py"
+    script.write_text(SCRIPT.format(tests=TESTS, work=work, dash=free_port()))
+    tmpdir = ray_tmpdir()
+    r = subprocess.run([sys.executable, str(script)], env=isolated_env(tmpdir), capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    assert out["nodes"] == 2
+    assert out["refused"] and "the cluster has 2 nodes but run storage is the local folder" in out["refused"]
+    assert out["ranks"]["0"] != out["ranks"]["1"]  # SPREAD: one worker per node
+
+    results = out["results"]
+    # 96 rows over 2 workers: 48 per worker, batches and accumulation as configured (conftest.base_config).
+    assert results["global_step"] == out["expected"]["formula"] == out["expected"]["plan"]
+    assert [e["epoch"] for e in results["epochs"]] == [1, 2]
+    best = max(results["epochs"], key=lambda e: e["val_accuracy"])
+    assert results["best_value"] == best["val_accuracy"]
+    # Metrics gathered across the two nodes equal a single-process evaluation of the exported model.
+    r = subprocess.run([sys.executable, "-m", "launcher", "evaluate", os.path.join(work, "cfg.yaml"), "--model",
+                        os.path.join(work, "out", "best")], env=isolated_env(tmpdir), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    single = json.loads(r.stdout[r.stdout.index("{"):])
+    for key in ("val_accuracy", "val_f1", "val_loss"):
+        assert single[key] == pytest.approx(best[key], abs=1e-5), key

@@ -1,0 +1,121 @@
+"""Run storage on S3: a real S3-compatible server (moto, server mode) on loopback.
+
+The training run is a `launcher train` subprocess with the AWS_* variables pointing pyarrow at
+the server, so Ray's workers and the driver upload checkpoints exactly as on a cloud cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cluster_helpers import isolated_env, ray_tmpdir, start_s3
+from conftest import base_config, sentiment_rows, write_csv
+from launcher import storage
+from launcher.config import Config, ConfigError
+
+
+@pytest.fixture(scope="module")
+def s3():
+    pytest.importorskip("moto")
+    server = start_s3()
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def aws_env(s3, monkeypatch):
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    return s3
+
+
+def test_upload_download_and_uri_helpers(aws_env, tmp_path):
+    src = tmp_path / "best"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "w.bin").write_bytes(b"\0" * 1000)
+    uri = f"s3://{aws_env.bucket}/unit/run-1/best"
+    storage.upload_dir(str(src), uri)
+    (src / "config.json").unlink()  # a second export replaces the folder, nothing stale stays
+    (src / "new.txt").write_text("x")
+    storage.upload_dir(str(src), uri)
+    assert sorted(aws_env.keys("unit/")) == ["unit/run-1/best/new.txt", "unit/run-1/best/sub/w.bin"]
+    local = storage.local_model(uri)
+    assert sorted(os.listdir(local)) == ["new.txt", "sub"] and os.path.getsize(os.path.join(local, "sub", "w.bin")) == 1000
+    assert storage.local_model(str(src)) == str(src)
+    with pytest.raises(ConfigError, match="is nothing"):
+        storage.local_model(f"s3://{aws_env.bucket}/unit/missing")
+    storage.delete(f"s3://{aws_env.bucket}/unit/run-1")
+    assert aws_env.keys("unit/") == []
+
+    assert storage.join("s3://b/p?endpoint_override=h:9000", "run", "best") == "s3://b/p/run/best?endpoint_override=h:9000"
+    assert storage.redact_uri("s3://b/p?access_key=AK&secret_key=SK&region=eu") == "s3://b/p?access_key=***&secret_key=***&region=eu"
+
+
+def test_run_names_are_unique_in_shared_storage(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAUNCHER_STORAGE", raising=False)
+    cfg = Config(output_dir=str(tmp_path / "a"))
+    assert storage.run_name(cfg) == "train"  # <output_dir>/ray holds one run only
+    cfg.ray.storage_path = "s3://bucket/runs"
+    a = storage.run_name(cfg)
+    cfg.output_dir = str(tmp_path / "b")
+    b = storage.run_name(cfg)
+    assert a.startswith("a-") and b.startswith("b-") and a != b
+    cfg.output_dir = str(tmp_path / "b") + "/"
+    assert storage.run_name(cfg) == b  # the same output_dir keeps its name (--resume)
+    monkeypatch.setenv("LAUNCHER_STORAGE", str(tmp_path / "nfs"))
+    cfg.ray.storage_path = None
+    assert storage.run_name(cfg) == b
+
+
+@pytest.mark.ray
+def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp_path, sentiment_files):
+    """Checkpoints and the exported model land in the bucket; `launcher predict` reads the model from there."""
+    import yaml
+
+    from launcher import plan
+    from launcher.config import to_dict
+
+    out = str(tmp_path / "out")
+    storage_uri = f"s3://{s3.bucket}/runs"
+    cfg = base_config(tiny_bert, sentiment_files, out, ray={"storage_path": storage_uri, "num_workers": 1, "cpus_per_worker": 1},
+                      train={"max_epochs": 2})
+    cfg.checkpoint.num_to_keep = 1
+    cfg_path = str(tmp_path / "cfg.yaml")
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k != "tune"}, f)
+    tmpdir = ray_tmpdir()
+    env = isolated_env(tmpdir, **s3.env)
+    r = subprocess.run([sys.executable, "-m", "launcher", "train", cfg_path, "--ray.num_cpus", "2"], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    name = storage.run_name(cfg)
+    assert results["best_model_uri"] == f"{storage_uri}/{name}/best"
+    assert "exported model (copy in run storage): " + results["best_model_uri"] in r.stdout
+
+    keys = s3.keys(f"runs/{name}/")
+    checkpoints = {k.split("/")[2] for k in keys if k.split("/")[2].startswith("checkpoint_") and k.count("/") > 2}
+    assert len(checkpoints) == 1  # num_to_keep: 1 of the 2 epochs' checkpoints is left
+    assert any(k.endswith("/checkpoint.ckpt") for k in keys)
+    best = {k.split("/best/", 1)[1] for k in keys if "/best/" in k}
+    assert {"config.json", "model.safetensors", "launcher.json", "tokenizer.json"} <= best
+    assert sorted(best) == sorted(os.listdir(os.path.join(out, "best")))
+
+    # plan's step count is what the run did.
+    assert plan.build(cfg)["steps"]["optimizer_steps_total"] == results["global_step"]
+
+    inputs = write_csv(str(tmp_path / "in.csv"), [{"text": r["text"]} for r in sentiment_rows(5, seed=9)])
+    pred = str(tmp_path / "pred.jsonl")
+    r = subprocess.run([sys.executable, "-m", "launcher", "predict", "--model", results["best_model_uri"], "--input", inputs,
+                        "--output", pred], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(pred) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 5 and all(row["label"] in ("neg", "pos") for row in rows)
