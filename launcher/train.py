@@ -79,8 +79,6 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """The whole `launcher train` flow. Returns the results dict that is also written to results.json."""
     from launcher import distributed, export, storage
 
-    from launcher import resume as resume_lib
-
     check_output_dir(cfg, overwrite, resume)
     config_lib.validate(cfg)
     distributed.check_local_resources(cfg)  # before loading anything: the machine must fit the request
