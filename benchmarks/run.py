@@ -336,7 +336,7 @@ def cli_latency(args, repeats: int = 3) -> dict:
     launcher = os.path.join(os.path.dirname(sys.executable), "launcher")
     base = [launcher] if os.path.exists(launcher) else [sys.executable, "-m", "launcher"]
     cases = {"help": ["--help"], "train_help": ["train", "--help"], "plan": ["plan", args.config],
-             "config_error": ["train", args.config, "--train.batch_size", "0"]}
+             "config_error": ["train", args.config, "--overwrite", "--train.batch_size", "0"]}
     out = {}
     for name, argv in cases.items():
         times = []
