@@ -137,8 +137,10 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", resume: bool = Fal
     loop_config = {
         "cfg": config_lib.to_dict(cfg),
         "meta": prepared.meta,
-        "tokenizer": prepared.tokenizer,
-        "data": {k: ray.put(to_table(v)) for k, v in prepared.splits.items()},
+        # Object refs: the Train controller unpickles this config too, and need not import
+        # transformers for a tokenizer it never uses (launcher tune hands in refs already).
+        "tokenizer": prepared.tokenizer if isinstance(prepared.tokenizer, ray.ObjectRef) else ray.put(prepared.tokenizer),
+        "data": {k: v if isinstance(v, ray.ObjectRef) else ray.put(to_table(v)) for k, v in prepared.splits.items()},
         "run_log": run_log,
         "monitor": monitor,
         "mode": mode,
@@ -227,6 +229,7 @@ def train_loop(loop_config: dict) -> None:
     from launcher.resume import LoaderPosition
     from launcher.tasks import get_task
 
+    loop_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}  # see fit()
     cfg = config_lib.from_dict(loop_config["cfg"])
     quiet_warnings()
     rank, world = distributed.worker_context()
