@@ -305,7 +305,10 @@ def _validate_sample(cfg: Config, params: dict, where: str) -> None:
         config_lib.validate(trial)
     except ConfigError as e:
         shown = ", ".join(f"{k}={_fmt_value(v)}" for k, v in params.items())
-        raise ConfigError(where, f"the sample {shown} gives an invalid config: {e}", "narrow the range") from None
+        text = str(e)
+        if e.fix and text.endswith(f" — {e.fix}"):
+            text = text[: -len(e.fix) - 3]  # its fix is about the flag; here the range is what to change
+        raise ConfigError(where, f"the sample {shown} gives an invalid config: {text}", "narrow the range") from None
 
 
 def _check(ok: bool, key: str, message: str, fix: str = "") -> None:
@@ -539,13 +542,15 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
 
     from launcher import tune_ray
 
+    tune_ray.warm_up_train()
+
     settings = tune_ray.Settings(metric=metric, mode=mode, keys=[d.key for d in dims],
                                  output_dir=os.path.abspath(cfg.output_dir), train_storage=trials_storage,
-                                 tune_checkpoints=cfg.tune.scheduler == "pbt", loop_callbacks=list(trial_callbacks or []),
+                                 tune_checkpoints=cfg.tune.scheduler == "pbt",
                                  bounds={d.key: d.bounds() for d in dims if d.bounds()}, experiment=experiment)
     start = time.time()
     grid = tune_ray.run_search(cfg, dims, prepared, settings, root, name, resume=resume, concurrency=concurrency,
-                               callbacks=list(tune_callbacks or []), verbose=verbose)
+                               callbacks=list(tune_callbacks or []), verbose=verbose, trial_callbacks=trial_callbacks)
     trials = tune_ray.summarize(grid, settings)
     return finish(cfg, prepared, trials, dims, settings, grid, time.time() - start, verbose)
 

@@ -10,7 +10,11 @@ which `ray.tune.integration.ray_train.TuneReportCallback` (metrics only) does no
 
 A trial that starts from a Tune checkpoint (PBT's exploit, or a restored search) runs a fresh Train
 job that resumes that checkpoint (`init_checkpoint`, see launcher.train.train_loop) with its own,
-possibly perturbed, hyperparameters (`UseTrialHyperparameters`).
+possibly perturbed, hyperparameters (launcher.tune_worker.UseTrialHyperparameters).
+
+What a trial process unpickles is kept light on purpose (object refs for the tokenised data, the
+tokenizer and Lightning callbacks): a trial driver and its Train controller then start without
+importing transformers or Lightning, which only the Train workers need.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Optional
 
-import lightning.pytorch as pl
 from ray import tune
 from ray.train import UserCallback
 
@@ -47,7 +51,6 @@ class Settings:
     output_dir: str
     train_storage: str
     tune_checkpoints: bool = False
-    loop_callbacks: list = field(default_factory=list)
     bounds: dict = field(default_factory=dict)
     experiment: str = ""
 
@@ -55,21 +58,35 @@ class Settings:
 # ====================================================================== trial driver (one per trial)
 
 
-def trial_main(config: dict, base: dict, prepared, settings: Settings) -> None:
+def ship(prepared, monitor: str, callbacks: list) -> dict:
+    """What every trial driver receives, as object refs: put once, and cheap to unpickle.
+
+    The task object is replaced by what `launcher.train.fit` reads of it (its monitor), so a trial
+    process never imports the task module (and Lightning, transformers) itself.
+    """
+    import ray
+
+    from launcher.data import to_table
+    from launcher.tune_worker import UseTrialHyperparameters
+
+    light = dataclasses.replace(prepared, task=SimpleNamespace(monitor=monitor), tokenizer=ray.put(prepared.tokenizer),
+                                splits={k: ray.put(to_table(v)) for k, v in prepared.splits.items()})
+    return {"prepared": light, "callbacks": ray.put(list(callbacks)),
+            "callbacks_after_copy": ray.put(list(callbacks) + [UseTrialHyperparameters()])}
+
+
+def trial_main(config: dict, base: dict, payload: dict, settings: Settings) -> None:
     """One trial: the config with this trial's values → one Ray Train job; reports go on to Tune."""
     from ray.util.queue import Queue
 
     from launcher import train
     from launcher.tune import apply_params
 
-    import datasets
-
-    datasets.disable_progress_bars()  # one bar per split per trial is noise next to the trial table
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_params(config_lib.from_dict(base), {k: config[k] for k in settings.keys if k in config})
     cfg.output_dir = os.path.join(settings.output_dir, "trials", trial_id)
     start_from = tune.get_checkpoint()
-    extra: dict = {"callbacks": list(settings.loop_callbacks)}
+    extra: dict = {"callbacks": payload["callbacks"]}
     copied_from = None
     if start_from is None:
         # Same name as before an interruption: Train resumes this trial's own latest checkpoint.
@@ -78,7 +95,7 @@ def trial_main(config: dict, base: dict, prepared, settings: Settings) -> None:
         # A new Train job so that it does not resume its own older checkpoints instead.
         name = f"{trial_id}-{uuid.uuid4().hex[:6]}"
         extra["init_checkpoint"] = start_from
-        extra["callbacks"].append(UseTrialHyperparameters())
+        extra["callbacks"] = payload["callbacks_after_copy"]
         owner = os.path.basename(os.path.dirname(start_from.path.rstrip("/")))
         copied_from = owner if owner != trial_id else None
 
@@ -87,7 +104,7 @@ def trial_main(config: dict, base: dict, prepared, settings: Settings) -> None:
 
     def work() -> None:
         try:
-            box["outcome"] = train.fit(cfg, prepared, name=name, callbacks=[ForwardReports(queue)],
+            box["outcome"] = train.fit(cfg, payload["prepared"], name=name, callbacks=[ForwardReports(queue)],
                                        storage=settings.train_storage, extra_loop_config=extra)
         except BaseException as e:  # noqa: BLE001 - handed to the trial driver's thread below
             box["error"] = e
@@ -145,37 +162,6 @@ class ForwardReports(UserCallback):
             return  # step checkpoints are for resuming the job, not for ranking trials
         m["checkpoint_path"] = checkpoint.path if checkpoint is not None else None
         self.queue.put((m, checkpoint))
-
-
-class UseTrialHyperparameters(pl.Callback):
-    """After resuming another trial's checkpoint, train on with THIS trial's optimizer settings.
-
-    Lightning restores the checkpoint's optimizer and scheduler state, which carries the other
-    trial's learning rate (and weight decay, betas); the schedule's shape (warmup, type, length)
-    already comes from this trial's config. So: take the param-group settings a fresh optimizer
-    would have, and recompute the current learning rate at the restored step.
-    """
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        from torch.optim.lr_scheduler import LambdaLR
-
-        from launcher import optim as optim_lib
-
-        fresh = optim_lib.build_optimizer(pl_module.model, pl_module.cfg.optim, "cpu").param_groups
-        for optimizer in trainer.optimizers:
-            if len(optimizer.param_groups) != len(fresh):
-                continue
-            for group, new in zip(optimizer.param_groups, fresh):
-                group.update({k: v for k, v in new.items() if k != "params"})
-                group["initial_lr"] = new["lr"]
-        for config in trainer.lr_scheduler_configs:
-            s = config.scheduler
-            s.base_lrs = [g["initial_lr"] for g in s.optimizer.param_groups]
-            if isinstance(s, LambdaLR):
-                lrs = [base * fn(s.last_epoch) for base, fn in zip(s.base_lrs, s.lr_lambdas)]
-                for group, lr in zip(s.optimizer.param_groups, lrs):
-                    group["lr"] = lr
-                s._last_lr = lrs
 
 
 def error_line(e: BaseException) -> str:
@@ -364,9 +350,10 @@ def build_search_alg(cfg: Config, concurrency: Optional[int]):
 
 
 def run_search(cfg: Config, dims: list, prepared, settings: Settings, storage: str, name: str, resume: bool,
-               concurrency: Optional[int], callbacks: list, verbose: bool):
+               concurrency: Optional[int], callbacks: list, verbose: bool, trial_callbacks: Optional[list] = None):
     """Tuner.fit() (or Tuner.restore(...).fit()) → ResultGrid."""
-    trainable = tune.with_parameters(trial_main, base=config_lib.to_dict(cfg), prepared=prepared, settings=settings)
+    payload = ship(prepared, settings.metric, trial_callbacks or [])
+    trainable = tune.with_parameters(trial_main, base=config_lib.to_dict(cfg), payload=payload, settings=settings)
     # The trial driver only waits on its Train job; the job's workers hold the CPUs. One byte of
     # memory is a request every cluster can grant ({"CPU": 0} alone is rejected).
     trainable = tune.with_resources(trainable, {"memory": 1})
@@ -390,6 +377,21 @@ def run_search(cfg: Config, dims: list, prepared, settings: Settings, storage: s
         ),
     )
     return tuner.fit()
+
+
+def warm_up_train() -> None:
+    """Start Ray Train's cluster-wide autoscaling coordinator now, while the search is being set up.
+
+    Every Train controller registers its resource request with this detached actor and waits up to
+    5 s for the answer; the first one would otherwise also wait for the actor's process to start.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # moved in another Ray version: only the first trial starts slower
+        return
+    get_or_create_autoscaling_coordinator()
 
 
 # ====================================================================== results

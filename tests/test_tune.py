@@ -185,7 +185,7 @@ def test_use_trial_hyperparameters_after_a_copied_checkpoint():
     from types import SimpleNamespace
 
     from launcher import optim as optim_lib
-    from launcher.tune_ray import UseTrialHyperparameters
+    from launcher.tune_worker import UseTrialHyperparameters
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     theirs = _cfg()
@@ -286,11 +286,15 @@ def test_asha_search_exports_the_best_epoch_of_all_trials(ray_session, tiny_bert
 
     rows = {float(r["optim.lr"]): r for r in result.trials}
     assert rows[1e30]["status"] == "failed" and "NonFiniteLoss" in rows[1e30]["error"], rows[1e30]
-    assert rows[1e-7]["status"] == "stopped early" and rows[1e-7]["epochs_run"] < 3, rows[1e-7]
-    for lr in (5e-3, 8e-3):
-        assert rows[lr]["status"] == "finished" and rows[lr]["epochs_run"] == 3
-        # The flip makes the last epoch worse than the peak: the best is mid-run.
-        assert rows[lr]["best_epoch"] < 3 and rows[lr]["last_val_loss"] > rows[lr]["best_val_loss"], rows[lr]
+    # The two learners have recorded the first rung when the third trial gets there: it is the worst.
+    assert rows[1e-7]["status"] == "stopped early" and rows[1e-7]["epochs_run"] == 1, rows[1e-7]
+    # The learners may stop each other too (ASHA compares arrivals at a rung), but the first to
+    # reach each rung goes on: at least one finishes. The flip makes its last epoch worse than its peak.
+    learners = [rows[5e-3], rows[8e-3]]
+    assert any(r["status"] == "finished" and r["epochs_run"] == 3 for r in learners), learners
+    for r in learners:
+        if r["status"] == "finished":
+            assert r["best_epoch"] == 2 and r["best_val_loss"] < 0.3 and r["last_val_loss"] > r["best_val_loss"], r
 
     # best.json and trials.csv agree, and the best is the best epoch of all trials.
     with open(os.path.join(out, "best.json")) as f:
@@ -314,14 +318,16 @@ def test_asha_search_exports_the_best_epoch_of_all_trials(ray_session, tiny_bert
     scored = json.loads(capfd.readouterr().out)
     assert scored["val_loss"] == pytest.approx(best["value"], rel=1e-5) and scored["val_accuracy"] >= 0.9
 
-    # Checkpoint hygiene: stopped and failed trials keep nothing (none holds the best); finished ones their top-1.
+    # Checkpoint hygiene: stopped and failed trials keep nothing unless they hold the best; finished ones their top-1.
     settings = tune_ray.Settings(metric="val_loss", mode="min", keys=[], output_dir=out,
                                  train_storage=os.path.join(out, "ray", "tune-trials"))
-    for lr in (1e30, 1e-7):
-        assert tune_ray.trial_checkpoints(settings, rows[lr]["trial_id"]) == []
     assert best["checkpoint"] in tune_ray.trial_checkpoints(settings, best["trial_id"])
-    for lr in (5e-3, 8e-3):
-        assert 1 <= len(tune_ray.trial_checkpoints(settings, rows[lr]["trial_id"])) <= 2  # top-1 + Ray's latest
+    for r in result.trials:
+        kept = tune_ray.trial_checkpoints(settings, r["trial_id"])
+        if r["status"] == "finished":
+            assert 1 <= len(kept) <= 2, kept  # its top-1 and Ray's latest
+        else:
+            assert kept == ([best["checkpoint"]] if r["trial_id"] == best["trial_id"] else []), (r, kept)
 
     with open(os.path.join(out, "search.png"), "rb") as f:
         assert f.read(4) == b"\x89PNG"
@@ -332,8 +338,8 @@ def test_asha_search_exports_the_best_epoch_of_all_trials(ray_session, tiny_bert
 def test_pbt_copies_good_trials_into_poor_ones(ray_session, tiny_bert, tmp_path):
     out = str(tmp_path / "pbt")
     cfg = _search_config(tiny_bert, tmp_path, out, scheduler="pbt", num_samples=4, max_concurrent_trials=4, seed=3,
-                         quantile_fraction=0.25, search_space={"optim.lr": {"choice": [1e-7, 5e-3]},
-                                                                "scheduler.warmup_ratio": {"uniform": [0.0, 0.2]}})
+                         quantile_fraction=0.25, search_space={"optim.lr": {"loguniform": [1e-5, 1e-2]},
+                                                                "scheduler.warmup_ratio": {"uniform": [0.05, 0.2]}})
     cfg.ray.cpus_per_worker = 0.25
     cfg.train.max_epochs = 4
     result = tune.run(cfg)
@@ -345,7 +351,7 @@ def test_pbt_copies_good_trials_into_poor_ones(ray_session, tiny_bert, tmp_path)
     # Exploit + explore: the copying trial's lr was perturbed from (or resampled near) its source's.
     with open(os.path.join(out, "ray", "tune", "pbt_global.txt")) as f:
         steps = [json.loads(line) for line in f if line.strip()]
-    assert steps and all(s[4] != s[5] for s in steps)  # old config != new config
+    assert steps and any(s[4] != s[5] for s in steps)  # exploited, and explored: old config != new config
     assert all(r["status"] == "finished" for r in result.trials)
     with open(os.path.join(out, "best.json")) as f:
         assert json.load(f)["value"] == pytest.approx(max(float(r["best_val_accuracy"]) for r in result.trials))
@@ -374,7 +380,12 @@ def test_resume_after_the_driver_is_killed(tiny_bert, tmp_path):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(1)
         assert os.listdir(status_dir), "no trial finished in time"
-        time.sleep(3)  # the second trial is under way
+        # Kill once Tune has saved its state after that (the crash to recover from is a later one).
+        finished_at = max(os.path.getmtime(os.path.join(status_dir, f)) for f in os.listdir(status_dir))
+        state = os.path.join(out, "ray", "tune")
+        while time.time() < deadline and not any(
+                f.startswith("experiment_state") and os.path.getmtime(os.path.join(state, f)) > finished_at for f in os.listdir(state)):
+            time.sleep(0.5)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as a crash would
         proc.wait()
