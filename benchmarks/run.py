@@ -441,6 +441,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="384 training rows, 1 epoch, 2 runs per variant (under 15 minutes on 2 cores)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--rows", type=int, help="training rows (default 384 with --quick, else 1200; use a multiple of 16)")
     p.add_argument("--skip-tune", action="store_true", help="do not run benchmarks/tune_overhead.py")
     p.add_argument("--skip-cli", action="store_true")
     p.add_argument("--no-doc", action="store_true", help="print only; do not append to docs/benchmarks.md")
@@ -458,7 +459,7 @@ def main() -> None:
         CHILD[args.child](args)
         return
 
-    args.n_train = 384 if args.quick else 1200
+    args.n_train = args.rows or (384 if args.quick else 1200)
     args.epochs = args.epochs or (1 if args.quick else 2)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.tmp = tempfile.mkdtemp(prefix="launcher-bench-")
