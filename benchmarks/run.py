@@ -242,7 +242,7 @@ def run_hf(args) -> None:
     # Defaults for everything that affects speed (no length grouping, dataloader_num_workers 0,
     # logging_steps 500); only the optimisation settings are the benchmark's, and nothing is saved.
     targs = TrainingArguments(output_dir=os.path.join(args.tmp, "hf"), per_device_train_batch_size=BATCH,
-                              num_train_epochs=args.epochs, learning_rate=LR, weight_decay=0.01, warmup_ratio=0.1,
+                              num_train_epochs=args.epochs, learning_rate=LR, weight_decay=0.01, warmup_steps=0.1,
                               lr_scheduler_type="linear", seed=SEED, save_strategy="no", report_to=[], use_cpu=True,
                               per_device_eval_batch_size=2 * BATCH, eval_strategy="epoch")
     trainer = Trainer(model=model, args=targs, train_dataset=splits["train"], eval_dataset=splits["validation"],
@@ -318,7 +318,8 @@ def run_variant(name: str, args, rep: int) -> dict:
     if proc.returncode != 0 or not os.path.exists(out):
         with open(log) as f:
             sys.stderr.write(f.read()[-4000:])
-        raise SystemExit(f"variant {name} failed (exit {proc.returncode}); log: {log}")
+        print(f"  {name:9s} rep {rep}: FAILED (exit {proc.returncode}); log: {log}", flush=True)
+        return None
     with open(out) as f:
         data = json.load(f)
     iv = data["intervals"]
@@ -473,8 +474,10 @@ def main() -> None:
     for rep in range(args.repeats):
         for name in names:
             r = run_variant(name, args, rep)
-            loads += [r["load_before"], r["load_after"]]
-            results[name].append(r)
+            if r is not None:
+                loads += [r["load_before"], r["load_after"]]
+                results[name].append(r)
+    results = {k: v for k, v in results.items() if v}
     ratios = {}
     if "launcher" in results and "lightning" in results:
         ratios["step_launcher_over_lightning"] = med(results["launcher"], "step_s") / med(results["lightning"], "step_s")
@@ -484,6 +487,8 @@ def main() -> None:
                                                        / med(results[other], "samples_per_s"))
     if "launcher" in results and "lightning" in results:
         ratios["wall_launcher_over_lightning"] = med(results["launcher"], "wall_s") / med(results["lightning"], "wall_s")
+    if not results:
+        raise SystemExit("every variant failed")
     lat = {} if args.skip_cli else cli_latency(args)
     tune_lines = tune_overhead(args)
     for k, v in ratios.items():
