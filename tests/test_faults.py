@@ -1,0 +1,168 @@
+"""Worker, node and driver loss: the run resumes from its latest checkpoint and ends where an
+uninterrupted run ends (same global_step, each epoch and step logged once, same exported model).
+
+Faults come from outside (tests/faults.py): a thread waits for the k-th checkpoint in the run's Ray
+storage and then kills a worker by PID, removes a node, or kills the driver. One short test runs in
+the default suite; the rest are `slow` (`make test-slow`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+import faults
+from conftest import base_config
+from launcher.data import optimizer_steps
+
+pytestmark = pytest.mark.ray
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+N_TRAIN, WORKERS, BATCH, ACCUM = 240, 2, 4, 2
+
+
+def _config(model, files, out, epochs=2, every=3, **sections):
+    return base_config(model, files, out, train={"max_epochs": epochs}, checkpoint={"every_n_steps": every},
+                       ray={"max_failures": 2}, **sections)
+
+
+def _run_dir(cfg) -> str:
+    from launcher import storage
+    from launcher.config import storage_path
+
+    return os.path.join(storage_path(cfg), storage.run_name(cfg))
+
+
+def _train_with_fault(ray_session, cfg, sig, seed):
+    """launcher's train.run in this thread; a fault thread signals a random worker after a random checkpoint."""
+    from launcher import train
+
+    rng = random.Random(seed)
+    after = rng.randint(1, 3)  # of 12 checkpoints: the kill always lands mid-training
+    fault = faults.Fault(_run_dir(cfg), after, faults.signal_a_worker(ray_session.get_runtime_context().gcs_address, sig, rng),
+                         seed=seed)
+    fault.start()
+    results = train.run(cfg)
+    return results, fault.result()
+
+
+def _check_resumed(results, info, epochs=2):
+    steps = optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, epochs)
+    assert results["restarts"] == 1, (results, info)
+    # It resumed from a checkpoint (a step or an epoch end), not from scratch.
+    assert len(results["resumed_steps"]) == 1 and 0 < results["resumed_steps"][0] < steps, results
+    assert results["test"]["weights"] == "best"
+    return steps
+
+
+def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tiny_bert, sentiment_files, tmp_path):
+    """SIGKILL of a random worker after a random early checkpoint: one restart, a complete history."""
+    out = str(tmp_path / "run")
+    cfg = _config(tiny_bert, sentiment_files, out)
+    results, info = _train_with_fault(ray_session, cfg, signal.SIGKILL, seed=int(time.time()))
+    steps = _check_resumed(results, info)
+    faults.assert_complete_history(out, results, steps, epochs=2)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "best"))
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+
+
+# ---------------------------------------------------------------------- slow: compared with a real uninterrupted run
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tiny_bert, tmp_path_factory):
+    """The uninterrupted run every slow fault test must reproduce."""
+    from conftest import sentiment_rows, write_csv
+    from launcher import train
+
+    d = tmp_path_factory.mktemp("reference")
+    files = {"train": write_csv(str(d / "train.csv"), sentiment_rows(N_TRAIN, seed=1)),
+             "validation": write_csv(str(d / "val.csv"), sentiment_rows(30, seed=2)),
+             "test": write_csv(str(d / "test.csv"), sentiment_rows(30, seed=3))}
+    out = str(d / "run")
+    results = train.run(_config(tiny_bert, files, out))
+    faults.assert_complete_history(out, results, optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2), epochs=2)
+    return {"files": files, "out": out, "results": results}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_worker_fault_matches_uninterrupted_run(ray_session, tiny_bert, reference, tmp_path, sig):
+    """A killed (SIGKILL) or preempted (SIGTERM) worker: same steps, metrics and exported weights as without."""
+    out = str(tmp_path / "run")
+    cfg = _config(tiny_bert, reference["files"], out)
+    results, info = _train_with_fault(ray_session, cfg, sig, seed=int(time.time()))
+    steps = _check_resumed(results, info)
+    faults.assert_complete_history(out, results, steps, epochs=2)
+    faults.assert_same_run(results, reference["results"], out, reference["out"])
+
+
+def _write_config(cfg, path: str) -> str:
+    from launcher.config import to_dict
+
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f)
+    return path
+
+
+@pytest.mark.slow
+def test_killed_driver_then_resume(tiny_bert, reference, tmp_path):
+    """`launcher train` killed with its whole process group (its local Ray too) mid-run; `--resume` finishes
+    the run from its storage: same result as uninterrupted, and nothing is written until then."""
+    out = str(tmp_path / "run")
+    cfg = _config(tiny_bert, reference["files"], out)
+    path = _write_config(cfg, str(tmp_path / "cfg.yaml"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "train", path], stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    try:
+        faults.wait_for_checkpoints(_run_dir(cfg), random.randint(2, 5), timeout=600)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # our own process group: the driver and the Ray it started
+        proc.wait(60)
+    assert not os.path.exists(os.path.join(out, "results.json")) and not os.path.exists(os.path.join(out, "best"))
+
+    again = subprocess.run([sys.executable, "-m", "launcher", "train", path], capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 2 and "--resume to continue it or --overwrite" in again.stderr  # never silently continued
+
+    resumed = subprocess.run([sys.executable, "-m", "launcher", "train", path, "--resume"], capture_output=True, text=True,
+                             env=env, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    steps = optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2)
+    assert results["restarts"] == 0 and len(results["resumed_steps"]) == 1 and 0 < results["resumed_steps"][0] < steps
+    faults.assert_complete_history(out, results, steps, epochs=2)
+    faults.assert_same_run(results, reference["results"], out, reference["out"])
+
+
+@pytest.mark.slow
+def test_node_removed_from_two_node_cluster(tiny_bert, reference, tmp_path):
+    """A simulated 2-node cluster (ray.cluster_utils.Cluster) loses the node of one worker after a
+    checkpoint; a replacement node joins (as an autoscaler would) and the run resumes on it."""
+    out = str(tmp_path / "run")
+    cfg = _config(tiny_bert, reference["files"], out)
+    cfg.ray.cpus_per_worker = 1.0  # one worker per 1-CPU node
+    cfg.ray.storage_path = str(tmp_path / "shared-storage")  # "shared": every simulated node is this machine
+    path = _write_config(cfg, str(tmp_path / "cfg.yaml"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "fault_cluster_run.py"), path, _run_dir(cfg)],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = report["results"]
+    assert report["fault"]["removed_node"] and results["restarts"] >= 1, report
+    steps = optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2)
+    faults.assert_complete_history(out, results, steps, epochs=2)
+    faults.assert_same_run(results, reference["results"], out, reference["out"])
