@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import base_config, make_tiny_bert, run_cli, sentiment_rows, validate_then_evaluate_export, write_csv
+from conftest import base_config, make_tiny_bert, sentiment_rows, validate_then_evaluate_export, write_csv
+from launcher.__main__ import main as launcher_main
 from launcher.config import ConfigError
 from launcher.heads import MeanPoolClassifier
 from launcher.tasks.base_head import BaseTask, load_head_class
@@ -100,8 +101,8 @@ def test_ray_run_exports_backbone_and_head(tmp_path, ray_session):
 
     inputs = write_csv(str(tmp_path / "texts.csv"), [{"text": r["text"]} for r in val_rows[:6]])
     out = str(tmp_path / "pred.jsonl")
-    proc = run_cli("predict", "--model", best, "--input", inputs, "--output", out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # `launcher predict` in this process: the subprocess would only add an interpreter start.
+    assert launcher_main(["predict", "--model", best, "--input", inputs, "--output", out]) == 0
     rows = [json.loads(line) for line in open(out)]
     assert [r["text"] for r in rows] == [r["text"] for r in val_rows[:6]]
     assert all(r["label"] in ("neg", "pos") and len(r["logits"]) == 2 for r in rows)
