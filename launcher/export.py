@@ -34,9 +34,16 @@ def atomic_write(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must never expose a file whose data is not on disk yet
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -124,12 +131,16 @@ def save_folder(cfg: Config, task, meta: dict, model, tokenizer, out_dir: str, e
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-best-", dir=parent)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    info = {"task": cfg.task, "task_options": cfg.task_options, "data": config_lib.to_dict(cfg)["data"],
-            "meta": meta, **task.export_extras(meta), **(extra or {})}
-    atomic_write(os.path.join(tmp, "launcher.json"), json.dumps(redact(info), indent=2, default=_jsonable) + "\n")
-    atomic_write(os.path.join(tmp, "launcher_config.yaml"), yaml.safe_dump(redact(config_lib.to_dict(cfg)), sort_keys=False))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        info = {"task": cfg.task, "task_options": cfg.task_options, "data": config_lib.to_dict(cfg)["data"],
+                "meta": meta, **task.export_extras(meta), **(extra or {})}
+        atomic_write(os.path.join(tmp, "launcher.json"), json.dumps(redact(info), indent=2, default=_jsonable) + "\n")
+        atomic_write(os.path.join(tmp, "launcher_config.yaml"), yaml.safe_dump(redact(config_lib.to_dict(cfg)), sort_keys=False))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves the previous best/ (or none), never half of one
+        raise
     old = None
     if os.path.exists(out_dir):
         old = out_dir.rstrip("/") + ".old"
