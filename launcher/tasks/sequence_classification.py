@@ -136,8 +136,11 @@ class SequenceClassification(Task):
 
         d = self.cfg.data
         clf = pipeline("text-classification", model=model_dir, device=options.get("device", -1))
-        texts = ds[d.text_column]
-        inputs = texts if not d.text_pair_column else [{"text": a, "text_pair": b} for a, b in zip(texts, ds[d.text_pair_column])]
+        texts = list(ds[d.text_column])  # datasets 5 returns a lazy Column, which pipelines reject
+        inputs = texts if not d.text_pair_column else [{"text": a, "text_pair": b} for a, b in zip(texts, list(ds[d.text_pair_column]))]
+        # Regression scores are raw; classification keeps the pipeline's default (softmax / sigmoid).
+        # transformers 5 has no "default" choice any more: leave the argument out instead.
+        regression = getattr(clf.model.config, "problem_type", None) == "regression"
         preds = clf(inputs, batch_size=options.get("batch_size", 32), truncation=True, max_length=d.max_length,
-                    function_to_apply="none" if getattr(clf.model.config, "problem_type", None) == "regression" else "default")
+                    **({"function_to_apply": "none"} if regression else {}))
         return [{"text": t, "label": p["label"], "score": float(p["score"])} for t, p in zip(texts, preds)]
