@@ -194,6 +194,8 @@ def run_launcher(args) -> None:
 
     train.fit = fit
     rc = entry.main(["train", args.config, "--overwrite"])
+    if not os.path.exists(args.out):
+        sys.exit(rc or 1)  # the run failed before training (its error is printed above)
     with open(args.out) as f:
         data = json.load(f)
     data["driver_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -304,7 +306,16 @@ def load_avg() -> float:
     return os.getloadavg()[0]
 
 
-def run_variant(name: str, args, rep: int) -> dict:
+def run_variant(name: str, args, rep: int, tries: int = 2):
+    """One variant's run; one retry, since on a crowded machine Ray's own start can time out."""
+    for _ in range(tries):
+        r = _run_variant(name, args, rep)
+        if r is not None:
+            return r
+    return None
+
+
+def _run_variant(name: str, args, rep: int):
     out = os.path.join(args.tmp, f"{name}-{rep}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--out", out, "--config", args.config,
            "--epochs", str(args.epochs), "--warmup", str(args.warmup), "--tmp", args.tmp,
