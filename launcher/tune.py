@@ -122,12 +122,20 @@ class Dimension:
         return round(value / a[2]) * a[2] if self.kind == "quniform" else value
 
     @property
-    def log_scale(self) -> bool:
-        return self.kind == "loguniform"
+    def numeric(self) -> bool:
+        return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in self.args)
 
     @property
     def categorical(self) -> bool:
-        return self.kind in ("choice", "grid")
+        """Plotted as categories: choice/grid of strings (or booleans)."""
+        return self.kind in ("choice", "grid") and not self.numeric
+
+    @property
+    def log_scale(self) -> bool:
+        if self.kind == "loguniform":
+            return True
+        values = [a for a in self.args if isinstance(a, (int, float))] if self.kind in ("choice", "grid") and self.numeric else []
+        return bool(values) and min(values) > 0 and max(values) / min(values) >= 100
 
 
 def searchable_keys() -> list[str]:
@@ -429,6 +437,7 @@ def plot_search(path: str, trials: list[TrialSummary], dims: list[Dimension], me
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - matplotlib.ticker.NullFormatter below
 
     colors = {"finished": "tab:blue", "stopped early": "tab:orange", "failed": "tab:red", "not started": "tab:gray"}
     n = len(dims) + 1
@@ -443,11 +452,18 @@ def plot_search(path: str, trials: list[TrialSummary], dims: list[Dimension], me
                 continue
             xs = [_category_x(d, x) for x, _ in pts] if d.categorical else [x for x, _ in pts]
             ax.scatter(xs, [y for _, y in pts], c=color, label=status, s=36, alpha=0.85, edgecolors="none")
+        failed = [t.params.get(d.key) for t in trials if t.status == "failed" and d.key in t.params]
+        if failed:
+            # No value to plot: a cross on the bottom edge marks where they were.
+            xs = [_category_x(d, x) for x in failed] if d.categorical else failed
+            ax.scatter(xs, [0.02] * len(xs), marker="x", c=colors["failed"], label="failed", transform=ax.get_xaxis_transform())
         if d.categorical:
             ax.set_xticks(range(len(d.args)))
             ax.set_xticklabels([str(a) for a in d.args], rotation=20)
+            ax.set_xlim(-0.5, len(d.args) - 0.5)
         if d.log_scale:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(d.key)
         ax.set_ylabel(f"best {metric}")
         ax.grid(alpha=0.3)
@@ -471,7 +487,7 @@ def plot_search(path: str, trials: list[TrialSummary], dims: list[Dimension], me
         ax.axis("off")
     handles, labels = flat[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper right", fontsize=8)
+        curves.legend(handles, labels, fontsize=8, loc="best")
     fig.suptitle(f"launcher tune: {len(trials)} trials, {metric}")
     fig.tight_layout()
     tmp = path + ".tmp.png"
@@ -579,7 +595,7 @@ def _concurrency(cfg: Config, resources: dict, verbose: bool) -> Optional[int]:
     if r.use_gpu:
         fits = min(fits, int(resources.get("GPU", 0) / (r.num_workers * r.gpus_per_worker) + 1e-9))
     asked = cfg.tune.max_concurrent_trials
-    if r.address:  # an autoscaling cluster may grow: trust the user
+    if r.address or os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit) may autoscale: trust the user
         return asked
     if asked is None or asked > fits:
         if verbose and asked is not None:

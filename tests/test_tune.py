@@ -308,7 +308,8 @@ def test_asha_search_exports_the_best_epoch_of_all_trials(ray_session, tiny_bert
     assert float(mine["best_val_loss"]) == pytest.approx(best["value"]) and float(mine["best_epoch"]) == best["epoch"] < 3
     assert (best["metric"], best["mode"]) == ("val_loss", "min")
     assert best["config"]["optim"]["lr"] == pytest.approx(float(mine["optim.lr"])) and best["config"]["checkpoint"]["monitor"] == "val_loss"
-    assert best["search"]["failed"] == 1 and best["search"]["stopped early"] == 1 and best["search"]["disk_used_bytes"] > 0
+    assert best["search"]["failed"] == 1 and best["search"]["disk_used_bytes"] > 0
+    assert best["search"]["stopped early"] == sum(r["status"] == "stopped early" for r in table) >= 1
 
     # Re-scoring the export on the validation data gives the reported value (not the flipped last epoch).
     from launcher import evaluate
