@@ -338,18 +338,21 @@ def _exact(cfg: Config) -> tuple[dict, Params, list]:
 
 
 def tune_plan(cfg: Config, per_worker: dict) -> dict:
-    """Trials, concurrency and the search space of `launcher tune` for this config."""
+    """Trials, concurrency and the search space of `launcher tune` for this config.
+
+    The space is parsed and checked by launcher.tune itself (a bad space fails here as it would
+    there). Trials follow Ray Tune's BasicVariantGenerator: num_samples x every grid combination
+    (with search_alg grid, choice values are a grid too).
+    """
+    from launcher import tune as tune_lib
+
     tc = cfg.tune
-    space = dict(tc.search_space or {})
-    default_space = not space
-    if default_space:
-        space = _default_space()
+    dims = tune_lib.parse_space(cfg)
+    tune_lib.validate_search(cfg, dims)
     grid = 1
-    for spec in space.values():
-        if isinstance(spec, dict) and "grid" in spec:
-            grid *= len(spec["grid"])
-        elif tc.search_alg == "grid" and isinstance(spec, dict) and "choice" in spec:
-            grid *= len(spec["choice"])
+    for d in dims:
+        if d.kind == "grid" or (tc.search_alg == "grid" and d.kind == "choice"):
+            grid *= len(d.args)
     trials = tc.num_samples * grid
     concurrent = min(trials, tc.max_concurrent_trials) if tc.max_concurrent_trials else trials
     per_trial = {k: v * cfg.ray.num_workers for k, v in per_worker.items()}
@@ -363,24 +366,9 @@ def tune_plan(cfg: Config, per_worker: dict) -> dict:
         "resources_per_trial": per_trial,
         "resources_at_peak": {k: v * concurrent for k, v in per_trial.items()},
         "time_budget_s": tc.time_budget_s,
-        "search_space": space,
-        "default_search_space": default_space,
+        "search_space": {d.key: {d.kind: list(d.args)} for d in dims},
+        "default_search_space": not tc.search_space,
     }
-
-
-def _default_space() -> dict:
-    """launcher tune's default search space when the config gives none."""
-    import importlib.util
-
-    if importlib.util.find_spec("launcher.tune") is not None:
-        import importlib
-
-        tune_mod = importlib.import_module("launcher.tune")
-        for name in ("DEFAULT_SEARCH_SPACE", "DEFAULT_SPACE"):
-            if isinstance(getattr(tune_mod, name, None), dict):
-                return dict(getattr(tune_mod, name))
-    return {"optim.lr": "launcher tune default", "scheduler.warmup_ratio": "launcher tune default",
-            "scheduler.name": "launcher tune default"}
 
 
 # ---------------------------------------------------------------------- text

@@ -177,3 +177,19 @@ def test_plan_of_the_example_is_fast_and_starts_nothing():
     assert p["steps"]["batches_per_worker_per_epoch"] == 38
     assert p["steps"]["optimizer_steps_total"] == 57 and p["steps"]["warmup_steps"] == 6
     assert p["memory"]["parameters"] == 22_713_216  # MiniLM-L6 encoder, without the new 2-label head
+
+
+def test_tune_default_space_and_bad_space(tiny_bert, tmp_path, sentiment_files):
+    from launcher.tune import DEFAULT_SPACE
+
+    cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "out"))
+    cfg.tune.num_samples = 5
+    t = plan.build(cfg, tune=True)["tune"]
+    assert t["default_search_space"] and set(t["search_space"]) == set(DEFAULT_SPACE) and t["trials"] == 5
+    cfg.tune.search_alg = "grid"
+    cfg.tune.search_space = {"scheduler.name": {"choice": ["linear", "cosine"]}, "optim.name": {"grid": ["adamw", "adafactor"]}}
+    assert plan.build(cfg, tune=True)["tune"]["trials"] == 5 * 2 * 2  # grid search: the choice is a grid too
+    cfg.tune.search_space = {"optim.lrr": {"uniform": [1e-5, 1e-4]}}
+    with pytest.raises(ConfigError, match="tune.search_space.optim.lrr: unknown config key — did you mean optim.lr"):
+        plan.build(cfg, tune=True)
+    assert "tune" not in plan.build(cfg)["config"]  # a train plan does not show the unused section

@@ -74,6 +74,7 @@ def test_run_names_are_unique_in_shared_storage(tmp_path, monkeypatch):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp_path, sentiment_files):
     """Checkpoints and the exported model land in the bucket; `launcher predict` reads the model from there."""
     import yaml
