@@ -40,4 +40,4 @@ clean-venv:
 	rm -rf $(VENV)
 
 # `make test-xla`: the torch-xla CPU PJRT lane in its own venv.
-include mk/xla.mk
+-include mk/xla.mk
