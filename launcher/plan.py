@@ -171,9 +171,14 @@ def data_sizes(cfg: Config) -> tuple[dict, list[str]]:
     d = cfg.data
     notes = []
     rows = {}
+    fmt = (cfg.task_options or {}).get("format")
     for split, key in SPLIT_KEYS.items():
         path = getattr(d, f"{split}_file")
-        if path:
+        if not path:
+            continue
+        if cfg.task == "token-classification" and _is_conll(path, fmt):
+            rows[split] = conll_sentences(key, path)  # what the task's CoNLL reader makes of it
+        else:
             rows[split] = count_rows(key, path)
     sizes = {"train": rows["train"]}
     if "validation" in rows:
@@ -194,11 +199,6 @@ def data_sizes(cfg: Config) -> tuple[dict, list[str]]:
         notes.append(f"{cfg.task}: counts are data rows; {DERIVED[cfg.task]} (--exact counts them)")
     elif cfg.task not in ROW_TASKS:
         notes.append(f"{cfg.task}: counts are data rows (--exact counts the task's examples)")
-    elif cfg.task == "token-classification":
-        fmt = (cfg.task_options or {}).get("format")
-        paths = [getattr(d, f"{s}_file") for s in SPLIT_KEYS if getattr(d, f"{s}_file")]
-        if fmt == "conll" or (fmt is None and any(p.lower().endswith(CONLL_EXTENSIONS) for p in paths)):
-            notes.append("token-classification: CoNLL files are counted as lines, the task reads sentences (--exact counts them)")
     if any("://" in (getattr(d, f"{s}_file") or "") for s in SPLIT_KEYS):
         notes.append("remote data files are not read by plan (--exact reads them)")
     return sizes, notes
@@ -234,6 +234,27 @@ def count_rows(key: str, path: str) -> int:
         with open(path, encoding="utf-8") as f:
             return len(f.read().splitlines())
     raise ConfigError(key, f"unknown file type: {path}")
+
+
+def _is_conll(path: str, fmt) -> bool:
+    # As launcher.tasks.token_classification.is_conll (not imported: it pulls in torch).
+    if fmt is not None:
+        return str(fmt).lower() == "conll"
+    return not os.path.isdir(path) and path.lower().endswith(CONLL_EXTENSIONS)
+
+
+def conll_sentences(key: str, path: str) -> int:
+    """Sentences of a CoNLL file: runs of non-blank lines, -DOCSTART- lines separating like blank ones."""
+    if not os.path.isfile(path):
+        raise ConfigError(key, f"file not found: {path}", "check the path (relative paths are from the current directory)")
+    count, inside = 0, False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            word = bool(fields) and fields[0] != "-DOCSTART-"
+            count += word and not inside
+            inside = word
+    return count
 
 
 def _arrow_folder_rows(path: str) -> int:

@@ -67,10 +67,18 @@ SCRIPT = textwrap.dedent("""
                 f.write(ray.get_runtime_context().get_node_id())
 
 
-    cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 2, "include_dashboard": True,
-                                                             "dashboard_host": "127.0.0.1", "dashboard_port": {dash}}})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+    # A loaded machine can make Ray's 30 s node start-up checks time out: try again.
+    for attempt in range(3):
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port={dash})
+            cluster.add_node(num_cpus=2)
+            cluster.wait_for_nodes()
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     files = {{"train": write_csv(os.path.join(work, "train.csv"), sentiment_rows(96, seed=1)),
               "validation": write_csv(os.path.join(work, "val.csv"), sentiment_rows(30, seed=2))}}
     cfg = base_config(make_tiny_bert(os.path.join(work, "model")), files, os.path.join(work, "out"),
@@ -93,7 +101,8 @@ SCRIPT = textwrap.dedent("""
     ranks = {{r: open(os.path.join(work, f"node-of-rank-{{r}}")).read() for r in (0, 1)}}
     t = cfg.train
     from launcher import plan
-        expected = {{"formula": optimizer_steps(96, 2, t.batch_size, t.accumulate_grad_batches, t.max_epochs),
+    from launcher.data import optimizer_steps
+    expected = {{"formula": optimizer_steps(96, 2, t.batch_size, t.accumulate_grad_batches, t.max_epochs),
                  "plan": plan.build(cfg)["steps"]["optimizer_steps_total"]}}
     print("RESULT " + json.dumps({{"nodes": nodes, "refused": refused, "ranks": ranks, "results": results, "expected": expected}}))
     ray.shutdown()

@@ -193,3 +193,14 @@ def test_tune_default_space_and_bad_space(tiny_bert, tmp_path, sentiment_files):
     with pytest.raises(ConfigError, match="tune.search_space.optim.lrr: unknown config key — did you mean optim.lr"):
         plan.build(cfg, tune=True)
     assert "tune" not in plan.build(cfg)["config"]  # a train plan does not show the unused section
+
+
+def test_conll_sentences_match_the_token_classification_reader(tmp_path):
+    from launcher.tasks.token_classification import read_conll
+
+    path = tmp_path / "ner.conll"
+    path.write_text("-DOCSTART- O\n\nalice B-PER\nlives O\n\n\nin O\nparis B-LOC\n-DOCSTART- O\nbob B-PER\n\n")
+    assert plan.conll_sentences("data.train_file", str(path)) == len(read_conll("data.train_file", str(path))) == 3
+    examples = os.path.join(REPO, "examples", "data", "ner_train.conll")
+    if os.path.exists(examples):
+        assert plan.conll_sentences("data.train_file", examples) == len(read_conll("data.train_file", examples))
