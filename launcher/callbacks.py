@@ -111,6 +111,11 @@ class ReportCallback(pl.Callback):
         if rank0 and self.run_log is not None:
             self.run_log.record.remote("report", dict(metrics))
         ray.train.report(metrics=metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if rank0 else None)
+        if rank0:
+            # Ray registers a reported checkpoint when its controller next polls the workers (every
+            # ~2 s). Until then a worker lost would resume an older checkpoint (and this one stays
+            # in storage, unknown to Ray): wait, so every report that returned is the one resumed.
+            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         trainer.strategy.barrier()
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
