@@ -26,6 +26,7 @@ cheap, and the main environment has no torch-xla.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -323,6 +324,11 @@ def build_strategy(cfg: Config, rank: int, world: int):
         def setup(self, trainer) -> None:
             super().setup(trainer)
             _configure_metrics(self.lightning_module, self.rt)
+            for optimizer in self.optimizers:
+                # Zeroed gradients instead of None: the first micro-batch of an accumulation window
+                # then traces the same graph as the others (grad += ...), one graph per bucket, not two.
+                # Parameters that never get a gradient keep None (zero_grad only zeroes existing ones).
+                optimizer.zero_grad = functools.partial(optimizer.zero_grad, set_to_none=False)
             if self.rt.rank == 0:
                 say(f"[launcher] XLA: {self.rt.describe()}")
 
@@ -345,11 +351,19 @@ def build_strategy(cfg: Config, rank: int, world: int):
 
             return self.precision_plugin.convert_input(apply_to_collection(batch, torch.Tensor, shard))
 
-        # one graph per evaluation batch instead of one per evaluation epoch
+        # Graph cuts around every batch: one graph per evaluation batch instead of one per evaluation
+        # epoch, and the ops that hooks and logging leave pending between batches are flushed in
+        # graphs of their own instead of joining (and multiplying) the next batch's graph.
+        def on_train_batch_start(self, batch, batch_idx: int) -> None:
+            _synced(None)
+            return super().on_train_batch_start(batch, batch_idx)
+
         def validation_step(self, *args, **kwargs):
+            _synced(None)
             return _synced(super().validation_step(*args, **kwargs))
 
         def test_step(self, *args, **kwargs):
+            _synced(None)
             return _synced(super().test_step(*args, **kwargs))
 
         # gradients: averaged across Ray workers before clipping and the optimizer step
@@ -527,10 +541,11 @@ def worker_callbacks() -> list:
     import lightning.pytorch as pl
 
     class XLAStats(pl.Callback):
-        """Logs `xla_compilations` / `xla_compile_s` each validation and prints them (rank 0) per epoch;
-        with several workers also `xla_replica_spread` (0.0 while the replicas hold the same weights).
+        """At the end of every epoch (after its validation): logs `xla_compilations` / `xla_compile_s`
+        and prints them (rank 0); with several workers also logs `xla_replica_spread` (0.0 while the
+        replicas hold the same weights).
 
-        A compile count that keeps growing after the first epoch means shapes vary per step.
+        A compile count that keeps growing after the first epoch or two means shapes vary per step.
         """
 
         def __init__(self):
@@ -539,22 +554,16 @@ def worker_callbacks() -> list:
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.at_epoch_start = compile_stats()["compilations"]
 
-        def on_validation_epoch_end(self, trainer, pl_module) -> None:
-            if trainer.sanity_checking:
-                return
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
             if trainer.world_size > 1 and torch_distributed_ready():
                 pl_module.log("xla_replica_spread", replica_spread(pl_module), on_step=False, on_epoch=True, batch_size=1)
             stats = compile_stats()
             pl_module.log("xla_compilations", float(stats["compilations"]), on_step=False, on_epoch=True, batch_size=1)
             pl_module.log("xla_compile_s", stats["compile_s"], on_step=False, on_epoch=True, batch_size=1)
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            if trainer.global_rank != 0:
-                return
-            stats = compile_stats()
-            new = stats["compilations"] - self.at_epoch_start
-            say(f"[launcher] XLA after epoch {trainer.current_epoch + 1}: {stats['compilations']} graphs compiled "
-                f"({new} this epoch), {stats['compile_s']:.1f} s compiling")
+            if trainer.global_rank == 0:
+                new = stats["compilations"] - self.at_epoch_start
+                say(f"[launcher] XLA after epoch {trainer.current_epoch + 1}: {stats['compilations']} graphs compiled "
+                    f"({new} this epoch), {stats['compile_s']:.1f} s compiling")
 
     return [XLAStats()]
 

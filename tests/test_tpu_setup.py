@@ -140,3 +140,22 @@ def test_train_on_a_cluster_without_tpus_stops_before_training(ray_session, tiny
     with pytest.raises(ConfigError, match=r"has 0 TPU chips.*CPU=2"):
         train.run(cfg)
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_bucketing_turns_many_batch_shapes_into_few(tiny_bert):
+    """What the compile count rests on: over an epoch of 15 batches of 3-27 word texts, dynamic padding
+    gives a new shape every few batches (one XLA graph each); the fixed-shape collator one per bucket."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from conftest import sentiment_rows
+    from launcher.tasks.base import PadCollator
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    rows = [dict(tok(r["text"], truncation=True, max_length=32), labels=i % 2)
+            for i, r in enumerate(sentiment_rows(117, seed=11, min_len=2, max_len=26))]
+    dynamic = PadCollator(DataCollatorWithPadding(tok))
+    fixed = FixedShapeCollator(dynamic, batch_size=8, buckets=length_buckets(32), pad_token_id=tok.pad_token_id)
+    batches = [rows[i:i + 8] for i in range(0, 117, 8)]  # 15 batches, the last one short (5 rows)
+    shapes = {tuple(dynamic([dict(r) for r in b])["input_ids"].shape) for b in batches}
+    bucketed = {tuple(fixed([dict(r) for r in b])["input_ids"].shape) for b in batches}
+    assert len(shapes) >= 6 and bucketed <= {(8, 8), (8, 16), (8, 32)}, (shapes, bucketed)
