@@ -410,13 +410,13 @@ def write_doc(args, results: dict, ratios: dict, lat: dict, tune_lines: list[str
     path = os.path.join(ROOT, "docs", "benchmarks.md")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     v = versions()
-    lines = []
+    lines = [""]
     if not os.path.exists(path):
-        lines += ["# Benchmarks", ""]
+        lines = ["# Benchmarks", ""]
     lines += [
         f"## Training speed: launcher vs Lightning vs HF Trainer vs hand loop ({now}{', --quick' if args.quick else ''})",
         "",
-        f"`python benchmarks/run.py{' --quick' if args.quick else ''}`: MiniLM-L6 ({MODEL}), {args.n_train} real review "
+        f"`python benchmarks/run.py {' '.join(sys.argv[1:])}`: MiniLM-L6 ({MODEL}), {args.n_train} real review "
         f"snippets, batch {BATCH}, max_length {MAX_LENGTH}, {args.epochs} epoch(s), {args.repeats} interleaved runs per "
         f"variant; each figure is the median over runs. Machine: {machine()}; 1-minute load average during the runs "
         f"{min(loads):.1f}–{max(loads):.1f} (the cores are shared with other work, so only side-by-side ratios mean much).",
@@ -439,7 +439,8 @@ def write_doc(args, results: dict, ratios: dict, lat: dict, tune_lines: list[str
                "samples_launcher_over_loop": "≥ 0.95", "wall_launcher_over_lightning": "(reported)"}
     for k, val in ratios.items():
         lines.append(f"| {k} | {val:.3f} | {targets.get(k, '')} |")
-    lines += ["", "| command | seconds (median of 3) | target |", "|---|---:|---|"]
+    if lat:
+        lines += ["", "| command | seconds (median of 3) | target |", "|---|---:|---|"]
     for k, val in lat.items():
         lines.append(f"| launcher {k.replace('_', ' ')} | {val:.2f} | ≤ 2 |")
     if tune_lines:
