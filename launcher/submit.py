@@ -86,6 +86,8 @@ def main(argv: list[str]) -> int:
         runtime_env = build_runtime_env(staged, env_vars, installed=args.installed, pip=args.pip)
         entrypoint = shlex.join(["python", "-m", "launcher", "train", *staged.argv])
         if args.dry_run:
+            for note in staged.notes:
+                print(f"[launcher] note: {note}", file=sys.stderr)
             describe(address, runtime_env, entrypoint, staged)
             return 0
         client = connect(address)
@@ -290,6 +292,11 @@ def stage(cfg: Config, config_path: str, overrides: list[str], shared: list[str]
     for key, value in job_values.items():
         if raw.get(key) != value:
             argv += [f"--{key}", value]
+    if cfg.ray.address:
+        # Inside a job the driver joins its own cluster (RAY_ADDRESS); an address meant for this
+        # machine would point elsewhere there.
+        notes.append(f"ray.address {cfg.ray.address} is not used by the job: it runs on the cluster it is submitted to")
+        argv += ["--ray.address", "null"]
     return Staged(dir=tmp, argv=argv, files=plan, bytes=total, notes=notes, model_packages=packages)
 
 

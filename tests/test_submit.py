@@ -62,6 +62,12 @@ def test_stage_keeps_relative_layout_and_moves_outside_files(project, tmp_path):
         assert "--data.train_file" not in staged.argv and "--model.name_or_path" not in staged.argv
     finally:
         submit.shutil.rmtree(staged.dir)
+    cfg, _ = cli.parse(["cfg.yaml", "--ray.address", "ray://somewhere:10001"])
+    staged = submit.stage(cfg, "cfg.yaml", ["--ray.address", "ray://somewhere:10001"], shared=[])
+    try:
+        assert staged.argv[-2:] == ["--ray.address", "null"] and "ray.address" in staged.notes[0]
+    finally:
+        submit.shutil.rmtree(staged.dir)
 
 
 def test_stage_refuses_uploads_over_the_limit(project, monkeypatch):
