@@ -64,7 +64,7 @@ class ReportCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_steps
         step = trainer.global_step
-        if n and step > 0 and step % n == 0 and step != self._last_step_reported:
+        if n and step > 0 and step % n == 0 and step != self._last_step_reported and not validation_follows(trainer, batch_idx):
             self._report(trainer, pl_module, kind="step")
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -141,6 +141,20 @@ class ReportCallback(pl.Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def validation_follows(trainer, batch_idx: int) -> bool:
+    """Whether Lightning validates right after this training batch (epoch end or val_check_interval).
+
+    A checkpoint taken before that validation must not exist: resuming from it, Lightning counts the
+    validation of this batch as done and skips it. The checkpoint after validation covers the step.
+    """
+    if not trainer.val_dataloaders or trainer.limit_val_batches == 0:
+        return False
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return True
+    every = trainer.val_check_batch
+    return bool(every) and every != float("inf") and (batch_idx + 1) % int(every) == 0
 
 
 class NonFiniteGuard(pl.Callback):
