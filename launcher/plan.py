@@ -155,6 +155,12 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
     }
     if tune:
         plan["tune"] = tune_plan(cfg, per_worker)
+        from launcher import tune as tune_lib
+
+        root, experiment = tune_lib.search_storage(cfg)
+        exp_dir = storage.redact_uri(storage.join(root, experiment))
+        plan["paths"].update(run_dir=exp_dir, checkpoints=f"{exp_dir}/<trial>/... (each trial's Ray Train run)",
+                             results=os.path.join(out, "best.json") + ", trials.csv, search.png", export_copy=None)
     return plan
 
 
@@ -437,6 +443,7 @@ def render(plan: dict) -> str:
         f"  output_dir:         {paths['output_dir']}",
         f"  logs:               {paths['logs'] or 'off'}",
         f"  ray storage:        {paths['ray_storage']} ({paths['storage_source']})",
+        f"  run:                {paths['run_dir']}",
         f"  checkpoints:        {paths['checkpoints']}",
         f"  export:             {paths['export']}" + (f"  (copy: {paths['export_copy']})" if paths["export_copy"] else ""),
         f"  results:            {paths['results']}",

@@ -22,9 +22,17 @@ from launcher.config import Config, ConfigError
 SECRET = "s3cr3t-v4lue-never-printed"
 
 
+@pytest.fixture(scope="module")
+def project_template(tmp_path_factory):
+    return tiny_project(str(tmp_path_factory.mktemp("template") / "proj"))
+
+
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    root = tiny_project(str(tmp_path / "proj"))
+def project(project_template, tmp_path, monkeypatch):
+    """A fresh copy of the tiny project (model, CSVs, cfg.yaml), as the current directory."""
+    import shutil
+
+    root = shutil.copytree(project_template, str(tmp_path / "proj"))
     monkeypatch.chdir(root)
     return root
 
