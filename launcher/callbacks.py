@@ -149,7 +149,9 @@ def validation_follows(trainer, batch_idx: int) -> bool:
     A checkpoint taken before that validation must not exist: resuming from it, Lightning counts the
     validation of this batch as done and skips it. The checkpoint after validation covers the step.
     """
-    if not trainer.val_dataloaders or trainer.limit_val_batches == 0:
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if trainer.limit_val_batches == 0 or not is_overridden("validation_step", trainer.lightning_module):
         return False
     if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
         return True
