@@ -44,8 +44,34 @@ def train_worker_pids(gcs_address: str) -> list[int]:
     return [a.pid for a in actors if a.pid]
 
 
+def latest_registered(run_dir: str) -> Optional[tuple[str, int]]:
+    """(folder, step) of the newest checkpoint Ray's checkpoint manager has registered, from the
+    snapshot it keeps in the run's storage; None before the first one."""
+    try:
+        with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
+            latest = json.load(f).get("latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being rewritten
+        return None
+    return (latest["checkpoint_dir_name"], int(latest["metrics"]["step"])) if latest else None
+
+
+def wait_for_registered(run_dir: str, count: int, timeout: float = 600.0, poll: float = 0.05) -> int:
+    """Blocks until Ray has registered `count` checkpoints of the run; returns the step of the latest."""
+    seen: dict = {}
+    deadline = time.time() + timeout
+    while len(seen) < count:
+        if time.time() > deadline:
+            raise TimeoutError(f"only {len(seen)} of {count} checkpoints were registered in {run_dir}")
+        latest = latest_registered(run_dir)
+        if latest:
+            seen[latest[0]] = latest[1]
+        time.sleep(poll)
+    return max(seen.values())
+
+
 class Fault(threading.Thread):
-    """After the `after`-th checkpoint of `run_dir` (+ a random delay below `jitter` s), run `action`."""
+    """After Ray registered the `after`-th checkpoint of `run_dir` (+ a random delay below `jitter`
+    s), run `action`. `info["registered_step"]`: the newest registered step before the fault."""
 
     def __init__(self, run_dir: str, after: int, action: Callable[[], dict], jitter: float = 0.3, seed: Optional[int] = None):
         super().__init__(daemon=True)
@@ -56,9 +82,10 @@ class Fault(threading.Thread):
 
     def run(self) -> None:
         try:
-            wait_for_checkpoints(self.run_dir, self.after)
+            wait_for_registered(self.run_dir, self.after)
             time.sleep(self.rng.uniform(0, self.jitter))
-            self.info = {"after_checkpoints": self.after, **self.action()}
+            step = latest_registered(self.run_dir)[1]
+            self.info = {"after_checkpoints": self.after, "registered_step": step, **self.action()}
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
 
@@ -132,3 +159,35 @@ def assert_same_run(results: dict, reference: dict, output_dir: str, reference_d
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= tol
     assert torch.isfinite(next(iter(a.values()))).all()
+
+
+def files_containing(root: str, needles) -> list[str]:
+    """Files under `root` (any format, checkpoints included) whose bytes contain one of `needles`."""
+    needles = [n.encode() for n in needles]
+    hits = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            if any(n in data for n in needles):
+                hits.append(path)
+    return hits
+
+
+def session_processes(driver_pid: int) -> list[int]:
+    """PIDs of processes of the Ray session that the driver with this PID started (its session folder
+    ends with the driver's PID); used to clean up after killing that driver."""
+    import re
+
+    pattern = re.compile(rf"session_\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_{driver_pid}\b".encode())
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if pattern.search(f.read()):
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids

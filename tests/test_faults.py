@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 N_TRAIN, WORKERS, BATCH, ACCUM = 240, 2, 4, 2
 
 
-def _config(model, files, out, epochs=2, every=3, **sections):
+def _config(model, files, out, epochs=2, every=5, **sections):
     return base_config(model, files, out, train={"max_epochs": epochs}, checkpoint={"every_n_steps": every},
                        ray={"max_failures": 2}, **sections)
 
@@ -46,7 +46,7 @@ def _train_with_fault(ray_session, cfg, sig, seed):
     from launcher import train
 
     rng = random.Random(seed)
-    after = rng.randint(1, 3)  # of 12 checkpoints: the kill always lands mid-training
+    after = rng.randint(1, 3)  # of 8 checkpoints: the kill always lands mid-training
     fault = faults.Fault(_run_dir(cfg), after, faults.signal_a_worker(ray_session.get_runtime_context().gcs_address, sig, rng),
                          seed=seed)
     fault.start()
@@ -57,8 +57,10 @@ def _train_with_fault(ray_session, cfg, sig, seed):
 def _check_resumed(results, info, epochs=2):
     steps = optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, epochs)
     assert results["restarts"] == 1, (results, info)
-    # It resumed from a checkpoint (a step or an epoch end), not from scratch.
-    assert len(results["resumed_steps"]) == 1 and 0 < results["resumed_steps"][0] < steps, results
+    # It resumed from the latest checkpoint (at least as new as the newest one registered before the
+    # kill: never an older or merely the best one), not from scratch.
+    assert len(results["resumed_steps"]) == 1, (results, info)
+    assert info["registered_step"] <= results["resumed_steps"][0] < steps, (results["resumed_steps"], info)
     assert results["test"]["weights"] == "best"
     return steps
 
@@ -122,15 +124,20 @@ def test_killed_driver_then_resume(tiny_bert, reference, tmp_path):
     out = str(tmp_path / "run")
     cfg = _config(tiny_bert, reference["files"], out)
     path = _write_config(cfg, str(tmp_path / "cfg.yaml"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    # Secrets live in the environment of every process (as on a cluster): none may reach a file.
+    secrets = {"HF_TOKEN": "hf_" + "Qx7" * 12, "WANDB_API_KEY": "f" * 40, "AWS_SECRET_ACCESS_KEY": "s3cr3t/" + "K" * 33}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]), **secrets)
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "train", path], stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     try:
-        faults.wait_for_checkpoints(_run_dir(cfg), random.randint(2, 5), timeout=600)
+        registered = faults.wait_for_registered(_run_dir(cfg), random.randint(1, 4), timeout=600)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # our own process group: the driver and the Ray it started
         proc.wait(60)
+        time.sleep(2)
+        for pid in faults.session_processes(proc.pid):  # Ray processes that left the group
+            os.kill(pid, signal.SIGKILL)
     assert not os.path.exists(os.path.join(out, "results.json")) and not os.path.exists(os.path.join(out, "best"))
 
     again = subprocess.run([sys.executable, "-m", "launcher", "train", path], capture_output=True, text=True, env=env, timeout=900)
@@ -142,9 +149,13 @@ def test_killed_driver_then_resume(tiny_bert, reference, tmp_path):
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     steps = optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2)
-    assert results["restarts"] == 0 and len(results["resumed_steps"]) == 1 and 0 < results["resumed_steps"][0] < steps
+    assert results["restarts"] == 0 and len(results["resumed_steps"]) == 1
+    assert registered <= results["resumed_steps"][0] < steps, (results["resumed_steps"], registered)
     faults.assert_complete_history(out, results, steps, epochs=2)
     faults.assert_same_run(results, reference["results"], out, reference["out"])
+    leaks = faults.files_containing(out, secrets.values())  # configs, results, logs, checkpoints, best/
+    assert not leaks, leaks
+    assert not any(v in resumed.stdout + resumed.stderr for v in secrets.values())
 
 
 @pytest.mark.slow
@@ -166,3 +177,52 @@ def test_node_removed_from_two_node_cluster(tiny_bert, reference, tmp_path):
     steps = optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2)
     faults.assert_complete_history(out, results, steps, epochs=2)
     faults.assert_same_run(results, reference["results"], out, reference["out"])
+
+
+# ---------------------------------------------------------------------- a deterministic error is not a fault
+
+
+def _regression_files(tmp_path):
+    from conftest import sentiment_rows, write_csv
+
+    rows = [{"text": r["text"], "label": 0.9 if r["label"] == "pos" else 0.1} for r in sentiment_rows(N_TRAIN, seed=1)]
+    rows[17]["label"] = float("inf")  # one poisoned row: on one rank only, once per epoch
+    val = [{"text": r["text"], "label": 0.9 if r["label"] == "pos" else 0.1} for r in sentiment_rows(30, seed=2)]
+    return {"train": write_csv(str(tmp_path / "train.csv"), rows), "validation": write_csv(str(tmp_path / "val.csv"), val)}
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_fails_once_without_ray_restarts(ray_session, tiny_bert, tmp_path):
+    """An inf loss stops the run with one error naming the step, although ray.max_failures is 2:
+    retrying from the last checkpoint would only hit the same row again."""
+    from ray.util.state import list_actors
+
+    from launcher import train
+    from launcher.callbacks import NonFiniteLoss
+
+    def workers_ever_started() -> int:
+        return len(list_actors(address=ray_session.get_runtime_context().gcs_address, limit=10000,
+                               filters=[("class_name", "=", "RayTrainWorker")]))
+
+    cfg = _config(tiny_bert, _regression_files(tmp_path), str(tmp_path / "run"), every=None)
+    cfg.checkpoint.monitor, cfg.checkpoint.mode = "val_loss", "min"
+    before = workers_ever_started()
+    with pytest.raises(NonFiniteLoss, match=r"loss is inf at step \d+ \(epoch 1, batch \d+\): lower optim.lr"):
+        train.run(cfg)
+    assert workers_ever_started() - before == WORKERS  # one worker group, no restarts
+    assert not os.path.exists(os.path.join(cfg.output_dir, "results.json"))
+
+
+@pytest.mark.slow
+def test_nonfinite_steps_skipped_when_configured(ray_session, tiny_bert, tmp_path):
+    from launcher import train
+
+    cfg = _config(tiny_bert, _regression_files(tmp_path), str(tmp_path / "run"), every=None)
+    cfg.checkpoint.monitor, cfg.checkpoint.mode = "val_loss", "min"
+    cfg.train.skip_nonfinite_batches = True
+    results = train.run(cfg)
+    assert results["skipped_steps"] == 2  # the poisoned row's step, once per epoch
+    assert results["global_step"] == optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2)
+    import torch
+
+    assert all(torch.isfinite(w).all() for w in faults.exported_weights(cfg.output_dir).values())

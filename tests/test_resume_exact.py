@@ -121,3 +121,74 @@ def test_epochs_are_shuffled_differently():
     by_epoch = [[b for e, b in ref if e == k] for k in range(EPOCHS)]
     assert by_epoch[0] != by_epoch[1] != by_epoch[2]
     assert all(sorted(i for b in batches for i in b) == list(range(N)) for batches in by_epoch)
+
+
+# ---------------------------------------------------------------------- checkpoints and validation
+
+
+class ValRecorder(Recorder):
+    def __init__(self, seen: list, vals: list):
+        super().__init__(seen)
+        self.vals = vals
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def on_validation_epoch_end(self):
+        self.vals.append((self.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.processed))
+
+
+class CrashAfterValidation(pl.Callback):
+    """Checkpoints after the validation of epoch `epoch` (as ReportCallback does) and dies."""
+
+    def __init__(self, epoch: int, path: str):
+        self.epoch, self.path = epoch, path
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.save_checkpoint(self.path)
+            raise Crash()
+
+
+def _val_trainer(loader, callbacks=(), val_check_interval=1.0):
+    return pl.Trainer(max_epochs=EPOCHS, accumulate_grad_batches=ACCUM, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      val_check_interval=val_check_interval, accelerator="cpu",
+                      callbacks=[*callbacks, LoaderPosition(loader)])
+
+
+def test_resume_after_validation_checkpoint_validates_each_epoch_once(tmp_path):
+    warnings.filterwarnings("ignore")
+    val = DataLoader(list(range(4)), batch_size=2)
+    ref, ref_vals = [], []
+    loader = _loader(ResumableLoader)
+    _val_trainer(loader).fit(ValRecorder(ref, ref_vals), loader, val)
+    seen, vals = [], []
+    path = str(tmp_path / "after-val.ckpt")
+    loader = _loader(ResumableLoader)
+    with pytest.raises(Crash):
+        _val_trainer(loader, [CrashAfterValidation(0, path)]).fit(ValRecorder(seen, vals), loader, val)
+    loader = _loader(ResumableLoader)
+    _val_trainer(loader).fit(ValRecorder(seen, vals), loader, val, ckpt_path=path)
+    assert seen == ref
+    assert vals == ref_vals == [(0, 14), (1, 14), (2, 14)]
+
+
+def test_validation_follows_marks_exactly_the_batches_before_validation():
+    """ReportCallback takes no step checkpoint on such batches (resuming from one would skip that validation)."""
+    from launcher.callbacks import validation_follows
+
+    marked, validated_after = [], []
+
+    class Probe(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            marked.append((trainer.current_epoch, batch_idx, validation_follows(trainer, batch_idx)))
+
+        def on_validation_start(self, trainer, pl_module):
+            validated_after.append((trainer.current_epoch, marked[-1][1]))
+
+    warnings.filterwarnings("ignore")
+    loader = _loader(ResumableLoader)
+    _val_trainer(loader, [Probe()], val_check_interval=0.5).fit(ValRecorder([], []), loader, DataLoader(list(range(4)), batch_size=2))
+    assert [(e, b) for e, b, follows in marked if follows] == validated_after
+    assert validated_after == [(e, b) for e in range(EPOCHS) for b in (6, 13)]
