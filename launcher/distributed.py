@@ -56,9 +56,7 @@ def check_local_resources(cfg: Config) -> None:
         raise ConfigError("ray.num_workers", f"{r.num_workers} workers x {r.cpus_per_worker:g} CPUs = {need_cpu:g} CPUs, {where}",
                           "lower ray.num_workers or ray.cpus_per_worker (fractions allowed), or set ray.address to a cluster")
     if r.use_gpu:
-        import torch
-
-        gpus = torch.cuda.device_count()
+        gpus = _local_gpus()
         if gpus < r.num_workers * r.gpus_per_worker:
             raise ConfigError("ray.use_gpu", f"{r.num_workers} workers x {r.gpus_per_worker:g} GPUs asked, this machine has "
                               f"{gpus or 'no'} GPU{'s' if gpus != 1 else ''}", "set --ray.use_gpu false, or ray.address to a cluster with GPUs")
@@ -69,6 +67,17 @@ def check_local_resources(cfg: Config) -> None:
 
         chips = float(len(glob.glob("/dev/accel[0-9]*")) or len(glob.glob("/dev/vfio/[0-9]*")))
         _check_tpus(cfg, {"TPU": chips, "CPU": float(cpus)}, hosts=[chips], scalable=[])
+
+
+def _local_gpus() -> int:
+    # No NVIDIA driver and no GPU device files: no GPU, said without importing torch (seconds).
+    import glob
+
+    if not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def cluster_resources() -> dict:
