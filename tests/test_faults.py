@@ -41,12 +41,12 @@ def _run_dir(cfg) -> str:
     return os.path.join(storage_path(cfg), storage.run_name(cfg))
 
 
-def _train_with_fault(ray_session, cfg, sig, seed):
+def _train_with_fault(ray_session, cfg, sig, seed, last=3):
     """launcher's train.run in this thread; a fault thread signals a random worker after a random checkpoint."""
     from launcher import train
 
     rng = random.Random(seed)
-    after = rng.randint(1, 3)  # of 8 checkpoints: the kill always lands mid-training
+    after = rng.randint(1, last)  # an early one of 6-8 checkpoints: the kill always lands mid-training
     fault = faults.Fault(_run_dir(cfg), after, faults.signal_a_worker(ray_session.get_runtime_context().gcs_address, sig, rng),
                          seed=seed)
     fault.start()
@@ -54,8 +54,8 @@ def _train_with_fault(ray_session, cfg, sig, seed):
     return results, fault.result()
 
 
-def _check_resumed(results, info, epochs=2):
-    steps = optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, epochs)
+def _check_resumed(results, info, epochs=2, n=N_TRAIN):
+    steps = optimizer_steps(n, WORKERS, BATCH, ACCUM, epochs)
     assert results["restarts"] == 1, (results, info)
     # It resumed from the latest checkpoint (at least as new as the newest one registered before the
     # kill: never an older or merely the best one), not from scratch.
@@ -65,12 +65,14 @@ def _check_resumed(results, info, epochs=2):
     return steps
 
 
+@pytest.mark.slow  # fault injection needs a quiet machine; runs in `make test-slow`
 def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tiny_bert, sentiment_files, tmp_path):
     """SIGKILL of a random worker after a random early checkpoint: one restart, a complete history."""
     out = str(tmp_path / "run")
-    cfg = _config(tiny_bert, sentiment_files, out)
-    results, info = _train_with_fault(ray_session, cfg, signal.SIGKILL, seed=int(time.time()))
-    steps = _check_resumed(results, info)
+    cfg = _config(tiny_bert, sentiment_files, out, every=2, data={"max_train_samples": 96, "max_length": 32})
+    # 6 steps per epoch: checkpoints at steps 2, 4, 6 (after validation), 8, 10, 12
+    results, info = _train_with_fault(ray_session, cfg, signal.SIGKILL, seed=int(time.time()), last=2)
+    steps = _check_resumed(results, info, n=96)
     faults.assert_complete_history(out, results, steps, epochs=2)
     from transformers import AutoModelForSequenceClassification
 

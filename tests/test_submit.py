@@ -242,6 +242,7 @@ def _job_client(head):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # starts its own Ray head and a job: minutes on 2 cores; runs in `make test-slow`
 def test_launcher_submit_runs_the_job_and_exports_the_model(head, project, tmp_path):
     from launcher import cli, plan
 
