@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import difflib
 import io
-import json
 import math
 import os
 import random
@@ -617,7 +616,8 @@ def finish(cfg: Config, prepared, trials: list[TrialSummary], dims: list[Dimensi
     if pick is not None:
         trial_id, row = pick
         summary = next(t for t in trials if t.trial_id == trial_id)
-        params = {k: row.get(f"config/{k}", summary.params.get(k)) for k in settings.keys}
+        # The values that trained this epoch (under PBT a trial's values change along the way).
+        params = {k: (row.get("config") or {}).get(k, summary.params.get(k)) for k in settings.keys}
         trial_cfg = apply_params(cfg, {k: v for k, v in params.items() if v is not None})
         best_dir = os.path.join(out, "best")
         export.export_checkpoint(trial_cfg, prepared.task, prepared.meta, prepared.tokenizer,

@@ -30,7 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Optional
 
 from ray import tune
 from ray.train import UserCallback
@@ -82,12 +82,16 @@ def trial_main(config: dict, base: dict, payload: dict, settings: Settings) -> N
     from launcher import train
     from launcher.tune import apply_params
 
+    # Read here when the Train job is built, and passed on to its controller and workers by Ray:
+    # the controller polls its workers every 2 s by default, and each report and the end of every
+    # trial wait for a poll; its metrics exporter is of no use to a trial.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1")
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_params(config_lib.from_dict(base), {k: config[k] for k in settings.keys if k in config})
     cfg.output_dir = os.path.join(settings.output_dir, "trials", trial_id)
     start_from = tune.get_checkpoint()
     extra: dict = {"callbacks": payload["callbacks"]}
-    copied_from = None
     if start_from is None:
         # Same name as before an interruption: Train resumes this trial's own latest checkpoint.
         name = trial_id
@@ -97,7 +101,9 @@ def trial_main(config: dict, base: dict, payload: dict, settings: Settings) -> N
         extra["init_checkpoint"] = start_from
         extra["callbacks"] = payload["callbacks_after_copy"]
         owner = os.path.basename(os.path.dirname(start_from.path.rstrip("/")))
-        copied_from = owner if owner != trial_id else None
+        if owner != trial_id:  # PBT's exploit (a restore resumes the trial's own checkpoint)
+            write_status(settings, f"{trial_id}.copy-{name.rsplit('-', 1)[-1]}",
+                         {"from": owner, "checkpoint": os.path.basename(start_from.path.rstrip("/")), "time": time.time()})
 
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     box: dict = {}
@@ -117,8 +123,6 @@ def trial_main(config: dict, base: dict, payload: dict, settings: Settings) -> N
             if settings.metric not in metrics:
                 shown = ", ".join(sorted(k for k in metrics if k.startswith(("val_", "train_"))))
                 raise ConfigError("tune.metric", f"{settings.metric} is not reported by task {cfg.task}", f"choose one of: {shown}")
-            if copied_from:
-                metrics["copied_from"] = copied_from
             tune.report(metrics, checkpoint=checkpoint if settings.tune_checkpoints else None)
         worker.join()
         if "error" in box:
@@ -405,8 +409,7 @@ def summarize(grid, settings: Settings) -> list:
     for result in grid:
         path = result.path or ""
         trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(path.rstrip("/"))
-        df = result.metrics_dataframe
-        rows = df.to_dict("records") if df is not None and len(df) else []
+        rows = read_results(result)
         history = dedupe(rows)
         status = read_status(settings, trial_id)
         if result.error is not None or status.get("status") == "failed":
@@ -418,19 +421,51 @@ def summarize(grid, settings: Settings) -> list:
         else:
             state, error = "stopped early", ""
         config = result.config or {}
-        copied = []
-        for r in rows:
-            c = r.get("copied_from")
-            if isinstance(c, str) and c and (not copied or copied[-1] != c):
-                copied.append(c)
         out.append(TrialSummary(
             trial_id=trial_id, status=state, error=error, params={k: config.get(k) for k in settings.keys},
             history=history, best=trial_best(history, settings.metric, settings.mode),
             last=next((r for r in reversed(history) if r.get(settings.metric) is not None), None),
             wall_s=float(status.get("wall_s") or (rows[-1].get("time_total_s") if rows else 0) or 0),
-            copied_from=copied, tune_path=path,
+            copied_from=[c["from"] for c in copies(settings, trial_id)], tune_path=path,
         ))
     return sorted(out, key=lambda t: t.trial_id)
+
+
+def read_results(result) -> list[dict]:
+    """Every result a trial reported, from its result.json (progress.csv keeps only the first row's columns)."""
+    if not result.path:
+        return []
+    from launcher import storage
+
+    fs = getattr(result, "filesystem", None) or storage.filesystem(result.path)[0]
+    try:
+        with fs.open_input_stream(f"{result.path.rstrip('/')}/result.json") as f:
+            text = f.read().decode()
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass  # a line cut short when the driver was killed mid-write
+    return rows
+
+
+def copies(settings: Settings, trial_id: str) -> list[dict]:
+    """The checkpoints of other trials this trial continued from (PBT), oldest first."""
+    fs, root = _fs(settings)
+    import pyarrow.fs
+
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{STATUS_DIR}", allow_not_found=True))
+    except OSError:
+        return []
+    found = []
+    for info in infos:
+        if info.base_name.startswith(f"{trial_id}.copy-"):
+            found.append(read_status(settings, info.base_name.removesuffix(".json")))
+    return sorted((c for c in found if c), key=lambda c: c.get("time", 0))
 
 
 def dedupe(rows: list[dict]) -> list[dict]:

@@ -257,8 +257,8 @@ def _flip_before_last_validation():
     return FlipBeforeLastValidation()
 
 
-def _search_config(tiny_bert, tmp_path, out, **tune_section):
-    files = {"train": write_csv(str(tmp_path / "train.csv"), sentiment_rows(256, seed=1)),
+def _search_config(tiny_bert, tmp_path, out, train_rows: int = 256, **tune_section):
+    files = {"train": write_csv(str(tmp_path / "train.csv"), sentiment_rows(train_rows, seed=1)),
              "validation": write_csv(str(tmp_path / "val.csv"), sentiment_rows(40, seed=2))}
     cfg = base_config(tiny_bert, files, out, train={"max_epochs": 3, "batch_size": 8, "accumulate_grad_batches": 1},
                       checkpoint={"num_to_keep": 1})
@@ -338,11 +338,9 @@ def test_asha_search_exports_the_best_epoch_of_all_trials(ray_session, tiny_bert
 @pytest.mark.slow
 def test_pbt_copies_good_trials_into_poor_ones(ray_session, tiny_bert, tmp_path):
     out = str(tmp_path / "pbt")
-    cfg = _search_config(tiny_bert, tmp_path, out, scheduler="pbt", num_samples=4, max_concurrent_trials=4, seed=3,
-                         quantile_fraction=0.25, search_space={"optim.lr": {"loguniform": [1e-5, 1e-2]},
-                                                                "scheduler.warmup_ratio": {"uniform": [0.05, 0.2]}})
-    cfg.ray.cpus_per_worker = 0.25
-    cfg.train.max_epochs = 4
+    cfg = _search_config(tiny_bert, tmp_path, out, train_rows=128, scheduler="pbt", num_samples=3, max_concurrent_trials=3,
+                         seed=3, quantile_fraction=0.34, search_space={"optim.lr": {"loguniform": [1e-5, 1e-2]},
+                                                                      "scheduler.warmup_ratio": {"uniform": [0.05, 0.2]}})
     result = tune.run(cfg)
     copied = [r for r in result.trials if r.get("copied_from")]
     assert copied, result.trials  # at least one trial continued from another trial's checkpoint
@@ -356,6 +354,9 @@ def test_pbt_copies_good_trials_into_poor_ones(ray_session, tiny_bert, tmp_path)
     assert all(r["status"] == "finished" for r in result.trials)
     with open(os.path.join(out, "best.json")) as f:
         assert json.load(f)["value"] == pytest.approx(max(float(r["best_val_accuracy"]) for r in result.trials))
+    # Tune's copies of the checkpoints (what PBT hands from trial to trial) are gone after the search.
+    tune_dir = os.path.join(out, "ray", "tune")
+    assert not [d for t in ids for d in os.listdir(os.path.join(tune_dir, t)) if d.startswith("checkpoint_")]
 
 
 @pytest.mark.ray
