@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
 EXTRA_FIX = ("pip install 'launcher[tpu]' on every TPU host, with matching torch and torch_xla versions "
-             "(e.g. torch==2.9.0 torch_xla[tpu]==2.9.0)")
+             "(e.g. torch==2.9.0 torch_xla[tpu]==2.9.0); for the CPU test lane: make venv-xla")
 
 #: Batch keys padded with -100 (the loss's ignore index) when a sequence axis grows.
 IGNORE_KEYS = ("labels", "start_positions", "end_positions")
