@@ -9,6 +9,7 @@ group they were started in (never `ray stop`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -34,6 +35,16 @@ def free_port() -> int:
 def ray_tmpdir() -> str:
     # Short: Ray's Unix socket paths under it must stay below 107 characters.
     return tempfile.mkdtemp(prefix="lr-", dir="/tmp")
+
+
+@contextlib.contextmanager
+def isolated_ray_env(**extra: str):
+    """isolated_env() with a fresh RAY_TMPDIR that is removed afterwards."""
+    tmpdir = ray_tmpdir()
+    try:
+        yield isolated_env(tmpdir, **extra)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def isolated_env(tmpdir: str, **extra: str) -> dict:
@@ -86,19 +97,36 @@ def start_head(num_cpus: int = 2, attempts: int = 3) -> Head:
         env = isolated_env(tmpdir, **auth)
         gcs, dash, client, agent = free_port(), free_port(), free_port(), free_port()
         log_path = os.path.join(tmpdir, "head.log")
-        cmd = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus), "--port", str(gcs),
+        cmd = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+               "--num-cpus", str(num_cpus), "--port", str(gcs),
                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
                "--dashboard-agent-listen-port", str(agent), "--disable-usage-stats"]
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         address = f"http://127.0.0.1:{dash}"
         head = Head(address=address, proc=proc, tmpdir=tmpdir, client_env=auth, log=log_path)
-        if _wait_for_jobs_api(head, token_path, timeout=240):
+        # `--block` ends the whole head when any part exits; the Ray client server is the last to
+        # come up (it gives up after 30 s without node info on a busy machine), so a head counts
+        # as started once its job API answers and the client server listens.
+        if _wait_for_jobs_api(head, token_path, timeout=240) and _wait_for_port(head, client, timeout=120):
             return head
         with open(log_path) as f:
             last = f.read()[-3000:]
         head.stop()
     raise RuntimeError(f"ray head did not start:\n{last}")
+
+
+def _wait_for_port(head: Head, port: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if head.proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return True
+        except OSError:
+            time.sleep(2)
+    return False
 
 
 def _wait_for_jobs_api(head: Head, token_path: str, timeout: float) -> bool:

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from cluster_helpers import isolated_env, ray_tmpdir
+from cluster_helpers import isolated_ray_env
 from launcher import distributed
 from launcher.config import Config, ConfigError
 
@@ -119,8 +119,8 @@ def test_two_node_cluster_spread_placement(tmp_path):
     work = str(tmp_path)
     script = tmp_path / "two_nodes.py"
     script.write_text(SCRIPT.format(tests=TESTS, work=work))
-    tmpdir = ray_tmpdir()
-    r = subprocess.run([sys.executable, str(script)], env=isolated_env(tmpdir), capture_output=True, text=True, timeout=1200)
+    with isolated_ray_env() as env:
+        r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
     assert out["nodes"] == 2
@@ -135,7 +135,7 @@ def test_two_node_cluster_spread_placement(tmp_path):
     assert results["best_value"] == best["val_accuracy"] == max(e["val_accuracy"] for e in results["epochs"])
     # Metrics gathered across the two nodes equal a single-process evaluation of the exported model.
     r = subprocess.run([sys.executable, "-m", "launcher", "evaluate", os.path.join(work, "cfg.yaml"), "--model",
-                        os.path.join(work, "out", "best")], env=isolated_env(tmpdir), capture_output=True, text=True, timeout=600)
+                        os.path.join(work, "out", "best")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     single = json.loads(r.stdout[r.stdout.index("{"):])
     for key in ("val_accuracy", "val_f1", "val_loss"):

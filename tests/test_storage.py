@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from cluster_helpers import isolated_env, ray_tmpdir, start_s3
+from cluster_helpers import isolated_ray_env, start_s3
 from conftest import base_config, sentiment_rows, write_csv
 from launcher import storage
 from launcher.config import Config, ConfigError
@@ -90,10 +90,9 @@ def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp
     cfg_path = str(tmp_path / "cfg.yaml")
     with open(cfg_path, "w") as f:
         yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k != "tune"}, f)
-    tmpdir = ray_tmpdir()
-    env = isolated_env(tmpdir, **s3.env)
-    r = subprocess.run([sys.executable, "-m", "launcher", "train", cfg_path, "--ray.num_cpus", "2"], env=env,
-                       capture_output=True, text=True, timeout=900)
+    with isolated_ray_env(**s3.env) as env:
+        r = subprocess.run([sys.executable, "-m", "launcher", "train", cfg_path, "--ray.num_cpus", "2"], env=env,
+                           capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
@@ -114,6 +113,7 @@ def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp
 
     inputs = write_csv(str(tmp_path / "in.csv"), [{"text": r["text"]} for r in sentiment_rows(5, seed=9)])
     pred = str(tmp_path / "pred.jsonl")
+    env = {**os.environ, **s3.env}
     r = subprocess.run([sys.executable, "-m", "launcher", "predict", "--model", results["best_model_uri"], "--input", inputs,
                         "--output", pred], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
