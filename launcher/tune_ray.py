@@ -408,7 +408,9 @@ def summarize(grid, settings: Settings) -> list:
     out = []
     for result in grid:
         path = result.path or ""
-        trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(path.rstrip("/"))
+        # Trial folders are named by trial id (trial_name). Not result.metrics["trial_id"]: after a
+        # PBT copy, Tune's last result of a trial can be the one that came with the copied checkpoint.
+        trial_id = os.path.basename(path.rstrip("/")) or (result.metrics or {}).get("trial_id")
         rows = read_results(result)
         history = dedupe(rows)
         status = read_status(settings, trial_id)
@@ -420,10 +422,12 @@ def summarize(grid, settings: Settings) -> list:
             state, error = "not started", ""
         else:
             state, error = "stopped early", ""
-        config = result.config or {}
+        best = trial_best(history, settings.metric, settings.mode)
+        # The values that trained the trial's best epoch: under PBT they change along the way.
+        config = (best or (history[-1] if history else {})).get("config") or result.config or {}
         out.append(TrialSummary(
             trial_id=trial_id, status=state, error=error, params={k: config.get(k) for k in settings.keys},
-            history=history, best=trial_best(history, settings.metric, settings.mode),
+            history=history, best=best,
             last=next((r for r in reversed(history) if r.get(settings.metric) is not None), None),
             wall_s=float(status.get("wall_s") or (rows[-1].get("time_total_s") if rows else 0) or 0),
             copied_from=[c["from"] for c in copies(settings, trial_id)], tune_path=path,
