@@ -13,6 +13,8 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 
+from launcher.distributed import CHECKPOINT_SCORE, checkpoint_score
+
 CHECKPOINT_NAME = "checkpoint.ckpt"
 
 
@@ -100,6 +102,7 @@ class ReportCallback(pl.Callback):
             # Step checkpoints are for resuming, never for best selection: NaN ranks them last.
             metrics[self.monitor] = float("nan")
         metrics.update(best=self.best if self.best is not None else float("nan"), best_epoch=self.best_epoch or 0.0)
+        metrics[CHECKPOINT_SCORE] = checkpoint_score(metrics.get(self.monitor), self.mode)
         if trainer.global_rank == 0:
             # Logs reach disk with every checkpoint, so a restart from it loses no logged history.
             for logger in trainer.loggers:

@@ -212,6 +212,19 @@ def scaling_config(cfg: Config):
                          placement_strategy=placement_strategy(cfg))
 
 
+# What Ray ranks checkpoints by: the monitored metric where it is finite, else a finite "worst" value.
+# (Ray's run snapshot stores NaN/inf as null, and a restored run, after a driver restart or with
+# --resume, fails to rank a null score; step checkpoints carry no validation metric at all.)
+CHECKPOINT_SCORE = "checkpoint_score"
+WORST_SCORE = 1e30
+
+
+def checkpoint_score(value, mode: str) -> float:
+    if isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+        return float(value)
+    return -WORST_SCORE if mode == "max" else WORST_SCORE
+
+
 def run_config(cfg: Config, name: str, monitor: str, mode: Optional[str], callbacks: Optional[list] = None,
                storage: Optional[str] = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -220,7 +233,7 @@ def run_config(cfg: Config, name: str, monitor: str, mode: Optional[str], callba
         name=name,
         storage_path=storage or storage_path(cfg),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
-                                           checkpoint_score_attribute=monitor,
+                                           checkpoint_score_attribute=CHECKPOINT_SCORE,
                                            checkpoint_score_order=mode or default_mode(monitor)),
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
         callbacks=callbacks or [],
