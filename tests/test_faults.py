@@ -143,7 +143,7 @@ def test_killed_driver_then_resume(tiny_bert, reference, tmp_path):
     assert not os.path.exists(os.path.join(out, "results.json")) and not os.path.exists(os.path.join(out, "best"))
 
     again = subprocess.run([sys.executable, "-m", "launcher", "train", path], capture_output=True, text=True, env=env, timeout=900)
-    assert again.returncode == 2 and "--resume to continue it or --overwrite" in again.stderr  # never silently continued
+    assert again.returncode == 2 and "--resume to continue it" in again.stderr  # never silently continued
 
     resumed = subprocess.run([sys.executable, "-m", "launcher", "train", path, "--resume"], capture_output=True, text=True,
                              env=env, timeout=900)
