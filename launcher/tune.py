@@ -282,7 +282,7 @@ def validate_search(cfg: Config, dims: list[Dimension], samples: int = 8) -> Non
     _check(t.perturbation_interval > 0, "tune.perturbation_interval", f"must be > 0 epochs, got {t.perturbation_interval}")
     _check(0 < t.quantile_fraction <= 0.5, "tune.quantile_fraction", f"must be in (0, 0.5], got {t.quantile_fraction}")
     if t.search_alg == "grid":
-        ranges = [d.key for d in dims if not d.categorical]
+        ranges = [d.key for d in dims if d.kind not in ("choice", "grid")]
         _check(not ranges, "tune.search_alg", f"grid search needs listed values, but {', '.join(ranges)} is a range",
                "give those keys {grid: [...]} or {choice: [...]} values, or use search_alg random")
     if t.search_alg == "optuna":

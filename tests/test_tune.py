@@ -76,6 +76,9 @@ def test_search_settings_are_checked():
     cfg.tune.search_alg = "grid"
     with pytest.raises(ConfigError, match="grid search needs listed values, but optim.lr is a range"):
         tune.validate_search(cfg, tune.parse_space(cfg))
+    cfg.tune.search_space = {"optim.lr": {"grid": [1e-5, 1e-4]}, "scheduler.name": {"choice": ["linear", "cosine"]}}
+    tune.validate_search(cfg, tune.parse_space(cfg))  # listed values (numbers or not) make a grid
+    cfg.tune.search_space = {"optim.lr": {"loguniform": [1e-5, 1e-4]}}
     cfg.tune.search_alg, cfg.tune.scheduler, cfg.tune.num_samples = "random", "pbt", 1
     with pytest.raises(ConfigError, match="pbt needs at least 2 trials"):
         tune.validate_search(cfg, tune.parse_space(cfg))
