@@ -39,8 +39,23 @@ def init_ray(cfg: Config, **kwargs) -> None:
         # The dashboard (bound to loopback only) also serves the state API that Ray Train uses to
         # clean up placement groups; without it Train logs a warning every few seconds.
         # address="local": always a fresh local Ray, never a stray one that `ray start` left running.
+        # Train's placement-group cleaner asks the state API whether the run's controller is alive; a
+        # worker finds that API through /tmp/ray/ray_current_cluster, i.e. the last `ray start` on
+        # this machine, and where that is another cluster it "sees" the controller dead and removes
+        # the placement group of a healthy run. So the workers are told this dashboard's address.
+        port = kwargs.pop("dashboard_port", None) or free_port()
+        env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=True, **kwargs)
+                 dashboard_port=port, runtime_env=runtime_env, log_to_driver=True, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def check_local_resources(cfg: Config) -> None:

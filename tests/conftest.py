@@ -132,8 +132,14 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120"}})
+        from launcher.distributed import free_port
+
+        # RAY_API_SERVER_ADDRESS: see launcher.distributed.init_ray (Train's placement-group cleaner
+        # would otherwise ask another `ray start` cluster on this machine whether our runs are alive).
+        port = free_port()
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 log_to_driver=True, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+                                                               "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     yield ray
     ray.shutdown()
 
