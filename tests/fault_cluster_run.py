@@ -22,7 +22,7 @@ def main(config_path: str, run_dir: str) -> None:
 
     cfg, _ = cli.parse([config_path])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
-                                                            "dashboard_host": "127.0.0.1"})
+                                                            "dashboard_host": "127.0.0.1", "dashboard_port": _free_port()})
     worker_node = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
@@ -42,6 +42,14 @@ def main(config_path: str, run_dir: str) -> None:
         ray.shutdown()
         cluster.shutdown()
     print(json.dumps({"results": results, "fault": info}, default=str))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
