@@ -290,9 +290,17 @@ def lightning_kwargs(cfg: Config) -> dict[str, Any]:
         from ray.train.lightning import RayDeepSpeedStrategy
 
         strategy = RayDeepSpeedStrategy(stage=2)
+    elif r.num_workers == 1:
+        # One worker: no process group to sync with, so Lightning's plain single-device strategy.
+        # DDP at world size 1 still wraps the model and all-reduces every bucket (and every
+        # reduce_boolean_decision) over gloo each step; see docs/benchmarks.md.
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+        from ray.train.torch import get_device
+
+        return {"strategy": SingleDeviceStrategy(device=get_device()), "plugins": [],
+                "accelerator": "gpu" if r.use_gpu else "cpu", "devices": 1}
     else:
-        # A single worker gains nothing from DDP's gradient all-reduce hooks; find_unused off is
-        # the fast path (HF heads use every parameter). A task whose loss may skip parameters (base:
+        # find_unused off is the fast path (HF heads use every parameter). A task whose loss may skip parameters (base:
         # a user head that ignores the backbone's pooler) sets ddp_find_unused_parameters.
         from launcher.tasks import get_task
 
@@ -303,8 +311,12 @@ def lightning_kwargs(cfg: Config) -> dict[str, Any]:
 
 
 def prepare(trainer):
-    if getattr(trainer.strategy, "launcher_xla", False):
-        return trainer  # prepare_trainer only accepts Ray's own strategies
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    if getattr(trainer.strategy, "launcher_xla", False) or type(trainer.strategy) is SingleDeviceStrategy:
+        # prepare_trainer only validates that the strategy and environment are Ray's own classes
+        # (ray/train/lightning/_lightning_utils.py); XLA and single-worker runs use Lightning's.
+        return trainer
     from ray.train.lightning import prepare_trainer
 
     return prepare_trainer(trainer)

@@ -33,7 +33,7 @@ def join(uri: str, *parts: str) -> str:
     if not is_uri(uri):
         return os.path.join(uri, *parts)
     base, sep, query = uri.partition("?")
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]]) + sep + query
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p.strip("/")]]) + sep + query
 
 
 def filesystem(uri: str, key: str = "ray.storage_path"):

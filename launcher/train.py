@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -240,7 +241,12 @@ def train_loop(loop_config: dict) -> None:
     # the caller hands in (launcher tune: a PBT trial continuing from a better trial's weights).
     own_checkpoint = ray.train.get_checkpoint()
     checkpoint = own_checkpoint or loop_config.get("init_checkpoint")
-    ckpt_path = os.path.join(checkpoint.to_directory(), CHECKPOINT_NAME) if checkpoint is not None else None
+    # as_directory: a checkpoint on local or shared storage is read in place, one in a bucket is
+    # downloaded to a temporary folder that closing removes (to_directory() left a copy in /tmp
+    # for every restart and every PBT exploit).
+    checkpoint_dir = contextlib.ExitStack()
+    ckpt_path = (os.path.join(checkpoint_dir.enter_context(checkpoint.as_directory()), CHECKPOINT_NAME)
+                 if checkpoint is not None else None)
     resumed_step = resume.checkpoint_step(ckpt_path) if own_checkpoint is not None else None
     if rank == 0:
         run_log.record.remote("start", {"time": time.time(), "resumed_step": resumed_step})
@@ -285,6 +291,8 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             ray.get(run_log.record.remote("fatal", {"message": str(e)}))
         return
+    finally:
+        checkpoint_dir.close()
 
     if rank == 0:
         run_log.record.remote("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch,

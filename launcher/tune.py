@@ -629,6 +629,13 @@ def finish(cfg: Config, prepared, trials: list[TrialSummary], dims: list[Dimensi
                 "val_metrics": {k: v for k, v in row.items() if k.startswith("val_") and finite(v)},
                 "checkpoint": row["checkpoint_path"], "best_model": os.path.abspath(best_dir),
                 "config": export.redact(config_lib.to_dict(trial_cfg))}
+        from launcher import storage as storage_lib
+
+        # Bucket storage: the search's output_dir is often a job's folder on the head; the copy in
+        # the bucket, next to the search, outlives the cluster (as launcher train does).
+        uri = storage_lib.publish_best(best_dir, settings.experiment, "")
+        if uri:
+            best["best_model_uri"] = storage_lib.redact_uri(uri)
     kept_for = {pick[1]["checkpoint_path"]} if pick else set()
     tune_ray.clean_checkpoints(trials, settings, keep=kept_for, search_done=_search_done(trials))
     disk = tune_ray.disk_usage(settings.train_storage) + tune_ray.disk_usage(settings.experiment)
@@ -661,7 +668,7 @@ def summary_text(result: TuneResult, summary: dict) -> str:
         b = result.best
         params = ", ".join(f"{k}={_fmt_value(v)}" for k, v in b["params"].items())
         lines.append(f"[launcher] best {b['metric']} = {b['value']:.4f}: trial {b['trial_id']} at epoch {b['epoch']:g} ({params})")
-        lines.append(f"[launcher] exported model: {b['best_model']}")
+        lines.append(f"[launcher] exported model: {b['best_model']}" + (f" (copy: {b['best_model_uri']})" if b.get("best_model_uri") else ""))
     else:
         lines.append("[launcher] no trial produced a finite " + result.metric)
     lines.append(f"[launcher] trials: {os.path.join(result.output_dir, 'trials.csv')}; plot: {os.path.join(result.output_dir, 'search.png')}")

@@ -120,3 +120,33 @@ def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp
     with open(pred) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 5 and all(row["label"] in ("neg", "pos") for row in rows)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_with_s3_storage_publishes_the_best_model(s3, tiny_bert, tmp_path, sentiment_files):
+    """A search in bucket storage leaves its best model in the bucket too (the output_dir may not outlive the job)."""
+    import yaml
+
+    from launcher.config import to_dict
+
+    out = str(tmp_path / "search")
+    storage_uri = f"s3://{s3.bucket}/searches"
+    cfg = base_config(tiny_bert, sentiment_files, out, ray={"storage_path": storage_uri, "num_workers": 1, "cpus_per_worker": 1},
+                      train={"max_epochs": 1})
+    cfg_dict = to_dict(cfg)
+    cfg_dict["tune"].update(num_samples=2, scheduler="fifo", search_alg="grid", max_concurrent_trials=1,
+                            search_space={"optim.lr": {"grid": [1e-3, 5e-3]}})
+    cfg_path = str(tmp_path / "cfg.yaml")
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(cfg_dict, f)
+    with isolated_ray_env(**s3.env) as env:
+        r = subprocess.run([sys.executable, "-m", "launcher", "tune", cfg_path, "--ray.num_cpus", "2"], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(os.path.join(out, "best.json")) as f:
+        best = json.load(f)
+    name = storage.run_name(cfg)
+    assert best["best_model_uri"] == f"{storage_uri}/{name}-tune/best"
+    keys = s3.keys(f"searches/{name}-tune/best/")
+    assert sorted(k.split("/best/", 1)[1] for k in keys) == sorted(os.listdir(os.path.join(out, "best")))
