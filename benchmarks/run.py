@@ -222,6 +222,7 @@ def run_lightning(args) -> None:
     trainer = pl.Trainer(max_epochs=args.epochs, accumulate_grad_batches=1, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, num_sanity_val_steps=0,
+                         gradient_clip_val=cfg.train.gradient_clip_val,  # as launcher, the loop and HF (max_grad_norm 1.0)
                          callbacks=[lightning_timer(args.out, args.warmup)])
     trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"])
 

@@ -13,6 +13,14 @@ from launcher.config import Config, ConfigError, default_mode, storage_path
 
 # A worker group that cannot be placed must fail, not hang (see shared notes on Ray 2.60).
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+# A worker that got SIGTERM (a preemption notice, `kubectl delete pod`) while one of its Ray calls was
+# in flight (ray.train.report's barrier, the wait for its checkpoint to be registered) stops serving
+# the controller's polls but does not exit until that call returns, and the call waits for the
+# controller: Ray Train declares such a worker dead only after 10 minutes without an answer. One
+# minute here: the group restarts from the latest checkpoint (tests/test_faults.py, sigterm).
+os.environ.setdefault("RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "60")
+# launcher's own Ray runtime_env sets these for the Train controller and workers.
+TRAIN_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S")
 
 
 # ---------------------------------------------------------------------- driver
@@ -24,8 +32,7 @@ def init_ray(cfg: Config, **kwargs) -> None:
 
     if ray.is_initialized():
         return
-    env_vars = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
-                "TOKENIZERS_PARALLELISM": "false"}
+    env_vars = {**{k: os.environ[k] for k in TRAIN_ENV}, "TOKENIZERS_PARALLELISM": "false"}
     if cfg.ray.accelerator == "tpu":
         from launcher import xla
 
@@ -45,6 +52,9 @@ def init_ray(cfg: Config, **kwargs) -> None:
         # the placement group of a healthy run. So the workers are told this dashboard's address.
         port = kwargs.pop("dashboard_port", None) or free_port()
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        # Ray Train's preemption watcher (one more actor process per run, polling for nodes that a
+        # cloud autoscaler drains) has nothing to watch on this one machine.
+        env_vars.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, runtime_env=runtime_env, log_to_driver=True, **kwargs)
 
@@ -257,11 +267,34 @@ def run_config(cfg: Config, name: str, monitor: str, mode: Optional[str], callba
 
 def torch_trainer(loop: Callable, loop_config: dict, cfg: Config, name: str, monitor: str, mode: str,
                   callbacks: Optional[list] = None, storage: Optional[str] = None):
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
-    return TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling_config(cfg),
-                        run_config=run_config(cfg, name, monitor, mode, callbacks, storage),
-                        torch_config=TorchConfig(backend="gloo" if not cfg.ray.use_gpu else "nccl"))
+    return _trainer_class()(loop, train_loop_config=loop_config, scaling_config=scaling_config(cfg),
+                            run_config=run_config(cfg, name, monitor, mode, callbacks, storage),
+                            torch_config=TorchConfig(backend="gloo" if not cfg.ray.use_gpu else "nccl"))
+
+
+def _trainer_class():
+    """TorchTrainer without Ray Data's dataset manager: launcher ships its own Arrow tables.
+
+    Ray 2.60's Train V2 starts a DatasetManager actor (a process importing Ray Data) for every run
+    even when it has no Ray datasets; a Tune trial pays for it every time. `_create_default_callbacks`
+    is private Ray API: a Ray without it (or without DatasetsCallback) keeps its defaults.
+    """
+    from ray.train.torch import TorchTrainer
+
+    class LauncherTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            try:
+                from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+            except ImportError:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return LauncherTorchTrainer if hasattr(TorchTrainer, "_create_default_callbacks") else TorchTrainer
 
 
 # ---------------------------------------------------------------------- worker

@@ -37,7 +37,7 @@ PATH_KEYS = ("data.train_file", "data.validation_file", "data.test_file", "model
 MODEL_KEYS = ("model.name_or_path", "model.tokenizer")
 # launcher's own Ray runtime_env sets these (launcher.distributed.init_ray); Ray refuses a job
 # whose runtime_env sets them too.
-RESERVED_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "TOKENIZERS_PARALLELISM")
+RESERVED_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "TOKENIZERS_PARALLELISM")
 STAGE_DIR = "_launcher_files"
 
 

@@ -139,6 +139,7 @@ def ray_session():
         port = free_port()
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
                  log_to_driver=True, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+                                                               "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S": "60",
                                                                "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
     yield ray
     ray.shutdown()
