@@ -53,15 +53,37 @@ class ReportCallback(pl.Callback):
         self.tmp = tempfile.mkdtemp(prefix="launcher-ckpt-")
         self.best_weights = os.path.join(self.tmp, "best_weights.pt")
         self._last_step_reported = -1
+        self._flush_logs = False
+        # Every validation report so far; checkpoints carry it, so a run resumed by a new driver
+        # (`--resume`) still has the epochs reported before the old driver was lost.
+        self.history: list[dict] = []
 
     # Lightning persists this in checkpoints, so a restarted worker group knows the best so far
     # (and does not report the step it resumed at a second time).
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "last_step_reported": self._last_step_reported}
+        return {"best": self.best, "best_epoch": self.best_epoch, "last_step_reported": self._last_step_reported,
+                "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
         self._last_step_reported = state.get("last_step_reported", -1)
+        self.history = list(state.get("history", []))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # After a restore: the reports before the checkpoint, for a run log that may not have seen
+        # them (the run's driver restarted); the driver keeps one report per epoch.
+        if trainer.global_rank == 0 and self.run_log is not None:
+            for item in self.history:
+                self.run_log.record.remote("report", dict(item))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Lightning logs a step's metrics after its on_train_batch_end hooks, so the row of the step a
+        # step checkpoint was taken at reaches the logs only now: flush it, or a driver lost before
+        # the next checkpoint would resume past a step missing from metrics.csv.
+        if self._flush_logs:
+            self._flush_logs = False
+            for logger in trainer.loggers:
+                logger.save()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_steps
@@ -107,6 +129,8 @@ class ReportCallback(pl.Callback):
             # Logs reach disk with every checkpoint, so a restart from it loses no logged history.
             for logger in trainer.loggers:
                 logger.save()
+        if kind == "val":
+            self.history.append(dict(metrics))
         ckpt_dir = os.path.join(self.tmp, f"report-{trainer.global_step}-{kind}")
         os.makedirs(ckpt_dir, exist_ok=True)
         trainer.save_checkpoint(os.path.join(ckpt_dir, CHECKPOINT_NAME), weights_only=False)
@@ -121,6 +145,7 @@ class ReportCallback(pl.Callback):
             ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         trainer.strategy.barrier()
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+        self._flush_logs = kind == "step" and rank0
 
     def load_best(self, pl_module) -> bool:
         if os.path.exists(self.best_weights):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 
 import faults
@@ -27,17 +28,28 @@ def main(config_path: str, run_dir: str) -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
 
-    def remove_then_replace() -> dict:
+    # Ray's Node registers a SIGTERM handler, which Python allows only in the main thread: the fault
+    # (remove a node, add another) runs here and the training in a thread.
+    box: dict = {}
+
+    def train_run() -> None:
+        try:
+            box["results"] = train.run(cfg)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            box["error"] = e
+
+    runner = threading.Thread(target=train_run, daemon=True)
+    runner.start()
+    try:
+        step = faults.wait_for_registered(run_dir, 2)
         cluster.remove_node(worker_node, allow_graceful=False)
         time.sleep(3)  # the worker group fails and waits for resources, as on a cloud until the autoscaler reacts
         cluster.add_node(num_cpus=1)
-        return {"removed_node": worker_node.node_id}
-
-    fault = faults.Fault(run_dir, after=2, action=remove_then_replace)
-    fault.start()
-    try:
-        results = train.run(cfg)
-        info = fault.result()
+        info = {"removed_node": worker_node.node_id, "registered_step": step}
+        runner.join()
+        if "error" in box:
+            raise box["error"]
+        results = box["results"]
     finally:
         ray.shutdown()
         cluster.shutdown()
