@@ -17,10 +17,9 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
 # in flight (ray.train.report's barrier, the wait for its checkpoint to be registered) stops serving
 # the controller's polls but does not exit until that call returns, and the call waits for the
 # controller: Ray Train declares such a worker dead only after 10 minutes without an answer. One
-# minute here: the group restarts from the latest checkpoint (tests/test_faults.py, sigterm).
-os.environ.setdefault("RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "60")
-# launcher's own Ray runtime_env sets these for the Train controller and workers.
-TRAIN_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S")
+# minute here: the group restarts from the latest checkpoint (tests/test_faults.py, sigterm). Not on
+# TPU hosts, where an XLA compilation may keep a worker from answering for minutes.
+HEALTH_CHECK_ENV, HEALTH_CHECK_S, HEALTH_CHECK_XLA_S = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "60", "600"
 
 
 # ---------------------------------------------------------------------- driver
@@ -32,7 +31,9 @@ def init_ray(cfg: Config, **kwargs) -> None:
 
     if ray.is_initialized():
         return
-    env_vars = {**{k: os.environ[k] for k in TRAIN_ENV}, "TOKENIZERS_PARALLELISM": "false"}
+    health = os.environ.get(HEALTH_CHECK_ENV) or (HEALTH_CHECK_XLA_S if cfg.ray.accelerator == "tpu" else HEALTH_CHECK_S)
+    env_vars = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
+                HEALTH_CHECK_ENV: health, "TOKENIZERS_PARALLELISM": "false"}
     if cfg.ray.accelerator == "tpu":
         from launcher import xla
 

@@ -73,12 +73,24 @@ def test_run_names_are_unique_in_shared_storage(tmp_path, monkeypatch):
     assert storage.run_name(cfg) == b
 
 
+def _run_with_bucket(s3, command: str, cfg_dict: dict, tmp_path) -> subprocess.CompletedProcess:
+    """`launcher COMMAND cfg.yaml` in a subprocess whose AWS_* variables point at the S3 server."""
+    import yaml
+
+    cfg_path = str(tmp_path / "cfg.yaml")
+    with open(cfg_path, "w") as f:
+        yaml.safe_dump(cfg_dict, f)
+    with isolated_ray_env(**s3.env) as env:
+        r = subprocess.run([sys.executable, "-m", "launcher", command, cfg_path, "--ray.num_cpus", "2"], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp_path, sentiment_files):
     """Checkpoints and the exported model land in the bucket; `launcher predict` reads the model from there."""
-    import yaml
-
     from launcher import plan
     from launcher.config import to_dict
 
@@ -87,13 +99,7 @@ def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp
     cfg = base_config(tiny_bert, sentiment_files, out, ray={"storage_path": storage_uri, "num_workers": 1, "cpus_per_worker": 1},
                       train={"max_epochs": 2})
     cfg.checkpoint.num_to_keep = 1
-    cfg_path = str(tmp_path / "cfg.yaml")
-    with open(cfg_path, "w") as f:
-        yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k != "tune"}, f)
-    with isolated_ray_env(**s3.env) as env:
-        r = subprocess.run([sys.executable, "-m", "launcher", "train", cfg_path, "--ray.num_cpus", "2"], env=env,
-                           capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = _run_with_bucket(s3, "train", {k: v for k, v in to_dict(cfg).items() if k != "tune"}, tmp_path)
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     name = storage.run_name(cfg)
@@ -126,8 +132,6 @@ def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp
 @pytest.mark.slow
 def test_tune_with_s3_storage_publishes_the_best_model(s3, tiny_bert, tmp_path, sentiment_files):
     """A search in bucket storage leaves its best model in the bucket too (the output_dir may not outlive the job)."""
-    import yaml
-
     from launcher.config import to_dict
 
     out = str(tmp_path / "search")
@@ -137,13 +141,7 @@ def test_tune_with_s3_storage_publishes_the_best_model(s3, tiny_bert, tmp_path, 
     cfg_dict = to_dict(cfg)
     cfg_dict["tune"].update(num_samples=2, scheduler="fifo", search_alg="grid", max_concurrent_trials=1,
                             search_space={"optim.lr": {"grid": [1e-3, 5e-3]}})
-    cfg_path = str(tmp_path / "cfg.yaml")
-    with open(cfg_path, "w") as f:
-        yaml.safe_dump(cfg_dict, f)
-    with isolated_ray_env(**s3.env) as env:
-        r = subprocess.run([sys.executable, "-m", "launcher", "tune", cfg_path, "--ray.num_cpus", "2"], env=env,
-                           capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _run_with_bucket(s3, "tune", cfg_dict, tmp_path)
     with open(os.path.join(out, "best.json")) as f:
         best = json.load(f)
     name = storage.run_name(cfg)
