@@ -55,7 +55,7 @@ def init_ray(cfg: Config, **kwargs) -> None:
         env_vars["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
         # Ray Train's preemption watcher (one more actor process per run, polling for nodes that a
         # cloud autoscaler drains) has nothing to watch on this one machine.
-        env_vars.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"))
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, runtime_env=runtime_env, log_to_driver=True, **kwargs)
 
@@ -334,8 +334,9 @@ def lightning_kwargs(cfg: Config) -> dict[str, Any]:
         return {"strategy": SingleDeviceStrategy(device=get_device()), "plugins": [],
                 "accelerator": "gpu" if r.use_gpu else "cpu", "devices": 1}
     else:
-        # find_unused off is the fast path (HF heads use every parameter). A task whose loss may skip parameters (base:
-        # a user head that ignores the backbone's pooler) sets ddp_find_unused_parameters.
+        # find_unused off is the fast path (HF heads use every parameter). A task whose loss may
+        # skip parameters (base: a user head that ignores the backbone's pooler) sets
+        # ddp_find_unused_parameters.
         from launcher.tasks import get_task
 
         find_unused = bool(getattr(get_task(cfg.task), "ddp_find_unused_parameters", False))
