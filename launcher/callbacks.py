@@ -53,7 +53,6 @@ class ReportCallback(pl.Callback):
         self.tmp = tempfile.mkdtemp(prefix="launcher-ckpt-")
         self.best_weights = os.path.join(self.tmp, "best_weights.pt")
         self._last_step_reported = -1
-        self._flush_logs = False
         # Every validation report so far; checkpoints carry it, so a run resumed by a new driver
         # (`--resume`) still has the epochs reported before the old driver was lost.
         self.history: list[dict] = []
@@ -75,15 +74,6 @@ class ReportCallback(pl.Callback):
         if trainer.global_rank == 0 and self.run_log is not None:
             for item in self.history:
                 self.run_log.record.remote("report", dict(item))
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # Lightning logs a step's metrics after its on_train_batch_end hooks, so the row of the step a
-        # step checkpoint was taken at reaches the logs only now: flush it, or a driver lost before
-        # the next checkpoint would resume past a step missing from metrics.csv.
-        if self._flush_logs:
-            self._flush_logs = False
-            for logger in trainer.loggers:
-                logger.save()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_steps
@@ -127,6 +117,11 @@ class ReportCallback(pl.Callback):
         metrics[CHECKPOINT_SCORE] = checkpoint_score(metrics.get(self.monitor), self.mode)
         if trainer.global_rank == 0:
             # Logs reach disk with every checkpoint, so a restart from it loses no logged history.
+            if kind == "step":
+                # Lightning logs a step's metrics only after its on_train_batch_end hooks: log this
+                # step's row now, or a run resumed from this checkpoint would lack it. Lightning then
+                # logs the same row again; `resume.dedupe_csv` keeps one (TensorBoard shows the last).
+                trainer._logger_connector.update_train_step_metrics()
             for logger in trainer.loggers:
                 logger.save()
         if kind == "val":
@@ -145,7 +140,6 @@ class ReportCallback(pl.Callback):
             ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
         trainer.strategy.barrier()
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-        self._flush_logs = kind == "step" and rank0
 
     def load_best(self, pl_module) -> bool:
         if os.path.exists(self.best_weights):

@@ -304,7 +304,8 @@ def train_loop(loop_config: dict) -> None:
             test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
             test["weights"] = "best" if on_best else "last"
             run_log.record.remote("test", test)
-    if rank == 0 and resumed_step is not None and cfg.logging.csv:
+    if rank == 0 and cfg.logging.csv and (resumed_step is not None or cfg.checkpoint.every_n_steps):
+        # Rows repeated by a restarted group, or logged twice at step checkpoints (ReportCallback).
         resume.dedupe_csv(os.path.join(os.path.abspath(cfg.output_dir), "logs", "csv", "metrics.csv"))
 
 
