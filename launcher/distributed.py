@@ -12,7 +12,8 @@ from typing import Any, Callable, Optional
 from launcher.config import Config, ConfigError, default_mode, storage_path
 
 # A worker group that cannot be placed must fail, not hang (see shared notes on Ray 2.60).
-os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+os.environ.setdefault(START_TIMEOUT_ENV, "120")
 # A worker that got SIGTERM (a preemption notice, `kubectl delete pod`) while one of its Ray calls was
 # in flight (ray.train.report's barrier, the wait for its checkpoint to be registered) stops serving
 # the controller's polls but does not exit until that call returns, and the call waits for the
@@ -20,6 +21,8 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
 # minute here: the group restarts from the latest checkpoint (tests/test_faults.py, sigterm). Not on
 # TPU hosts, where an XLA compilation may keep a worker from answering for minutes.
 HEALTH_CHECK_ENV, HEALTH_CHECK_S, HEALTH_CHECK_XLA_S = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "60", "600"
+# The variables every runtime_env from init_ray sets (Ray refuses a job whose runtime_env sets them too).
+RUNTIME_ENV_KEYS = (START_TIMEOUT_ENV, HEALTH_CHECK_ENV, "TOKENIZERS_PARALLELISM")
 
 
 # ---------------------------------------------------------------------- driver
@@ -32,8 +35,7 @@ def init_ray(cfg: Config, **kwargs) -> None:
     if ray.is_initialized():
         return
     health = os.environ.get(HEALTH_CHECK_ENV) or (HEALTH_CHECK_XLA_S if cfg.ray.accelerator == "tpu" else HEALTH_CHECK_S)
-    env_vars = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
-                HEALTH_CHECK_ENV: health, "TOKENIZERS_PARALLELISM": "false"}
+    env_vars = {START_TIMEOUT_ENV: os.environ[START_TIMEOUT_ENV], HEALTH_CHECK_ENV: health, "TOKENIZERS_PARALLELISM": "false"}
     if cfg.ray.accelerator == "tpu":
         from launcher import xla
 

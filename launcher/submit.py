@@ -31,13 +31,14 @@ from typing import Optional
 
 from launcher import config as config_lib
 from launcher.config import Config, ConfigError
+from launcher.distributed import RUNTIME_ENV_KEYS
 
 UPLOAD_LIMIT = 100 * 2**20  # the dashboard accepts working_dir packages up to 100 MiB
 PATH_KEYS = ("data.train_file", "data.validation_file", "data.test_file", "model.name_or_path", "model.tokenizer")
 MODEL_KEYS = ("model.name_or_path", "model.tokenizer")
 # launcher's own Ray runtime_env sets these (launcher.distributed.init_ray); Ray refuses a job
 # whose runtime_env sets them too.
-RESERVED_ENV = ("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "TOKENIZERS_PARALLELISM")
+RESERVED_ENV = RUNTIME_ENV_KEYS
 STAGE_DIR = "_launcher_files"
 
 
