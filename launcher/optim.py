@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from launcher.config import OptimConfig, SchedulerConfig
+from launcher import compat
+from launcher.config.schema import OptimConfig, SchedulerConfig
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +30,7 @@ def _is_norm(module: nn.Module) -> bool:
 
     # By type, not by parameter name: LayerNorm/GroupNorm/BatchNorm and the RMSNorm/LayerNorm
     # classes that model files define themselves (LlamaRMSNorm, T5LayerNorm, ...).
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or compat.is_batch_norm(module):
         return True
     rms = getattr(nn, "RMSNorm", None)
     if rms is not None and isinstance(module, rms):

@@ -20,7 +20,9 @@ import sys
 import tempfile
 from typing import Optional
 
-from launcher.config import Config, ConfigError
+from launcher.config import Config
+from launcher.config.secrets import mask
+from launcher.errors import ConfigError
 
 
 def is_uri(path: Optional[str]) -> bool:
@@ -49,28 +51,10 @@ def filesystem(uri: str, key: str = "ray.storage_path"):
                           "use s3://bucket/prefix or gs://bucket/prefix with credentials in the environment") from None
 
 
-_SECRET_QUERY = re.compile(r"key|secret|token|password|credential", re.I)
-
-
 def redact_uri(uri: str) -> str:
-    """A URI fit for printing and results files: user:password@ and secret query values
-    (pyarrow accepts `?access_key=...&secret_key=...`) masked; endpoint and region stay readable."""
-    uri = re.sub(r"://[^/@]*@", "://***@", uri)
-    base, sep, query = uri.partition("?")
-    if not sep:
-        return base
-    parts = []
-    for kv in query.split("&"):
-        k, eq, v = kv.partition("=")
-        parts.append(f"{k}=***" if eq and _SECRET_QUERY.search(k) else kv)
-    return base + "?" + "&".join(parts)
-
-
-def exists(uri: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    """A URI fit for printing and results files: user:password@ and credential query values
+    (pyarrow accepts `?access_key=...&secret_key=...`) masked by the config's one masking rule."""
+    return mask(uri)
 
 
 def upload_dir(local_dir: str, uri: str) -> str:
@@ -121,11 +105,6 @@ def local_model(path: str, key: str = "--model") -> str:
 # ---------------------------------------------------------------------- run names
 
 
-def default_storage(cfg: Config) -> str:
-    """Where Ray keeps a run when neither ray.storage_path nor $LAUNCHER_STORAGE is set."""
-    return os.path.join(os.path.abspath(cfg.output_dir), "ray")
-
-
 def run_name(cfg: Config) -> str:
     """Ray's RunConfig name for `launcher train`.
 
@@ -135,9 +114,8 @@ def run_name(cfg: Config) -> str:
     name it finds there, so a shared name would make a new run continue an old one. The same
     output_dir maps to the same name, which keeps `--resume` working.
     """
-    from launcher.config import storage_path
-
-    if os.path.abspath(storage_path(cfg)) == default_storage(cfg) and not is_uri(storage_path(cfg)):
+    store = cfg.storage_path()
+    if not is_uri(store) and os.path.abspath(store) == cfg.default_storage_path():
         return "train"
     out = os.path.abspath(cfg.output_dir)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(out.rstrip("/")) or "run").strip("-") or "run"
@@ -148,9 +126,7 @@ def check_run_state(cfg: Config, name: str, overwrite: bool, resume: bool) -> No
     """Ray Train continues whatever run of the same name it finds in storage. Make that explicit:
     `--resume` needs an earlier run there, and a fresh run must not silently continue one.
     Raises ConfigError; runs before any model or data is loaded."""
-    from launcher.config import storage_path
-
-    run = join(storage_path(cfg), name)
+    run = join(cfg.storage_path(), name)
     found = _has_checkpoints(run)
     if resume and not found:
         raise ConfigError("--resume", f"no earlier run to resume in {redact_uri(run)}",
@@ -171,9 +147,7 @@ def _has_checkpoints(run: str) -> bool:
 
 def clear_run(cfg: Config, name: str) -> None:
     """Delete a previous run of this name in shared storage (`launcher train --overwrite`)."""
-    from launcher.config import storage_path
-
-    storage = storage_path(cfg)
+    storage = cfg.storage_path()
     if name != "train" or is_uri(storage):
         delete(join(storage, name))
 

@@ -132,7 +132,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        from launcher.distributed import free_port
+        from launcher.distributed.cluster import free_port
 
         # RAY_API_SERVER_ADDRESS: see launcher.distributed.init_ray (Train's placement-group cleaner
         # would otherwise ask another `ray start` cluster on this machine whether our runs are alive).
@@ -181,19 +181,24 @@ def validate_then_evaluate_export(cfg) -> tuple[dict, dict]:
     import lightning.pytorch as pl
     import torch
 
-    from launcher import evaluate, export, train
+    from launcher import export as export_lib
+    from launcher.commands import evaluate as evaluate_cmd
+    from launcher.config import to_dict
+    from launcher.files import write_yaml
+    from launcher.training import loop as loop_lib
+    from launcher.training import prepare as prepare_lib
 
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     torch.manual_seed(0)
     module = p.task.module(p.meta, p.tokenizer)
     module.model.eval()
-    loader = train.build_loaders(p.task, cfg, p.splits, p.tokenizer, 0, 1)["validation"]
+    loader = loop_lib.build_loaders(p.task, cfg, p.splits, p.tokenizer, 0, 1)["validation"]
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     direct = trainer.validate(module, loader, verbose=False)[0]
     best = os.path.join(cfg.output_dir, "best")
-    export.save_folder(cfg, p.task, p.meta, module.model, p.tokenizer, best)
-    export.save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    export_lib.save_folder(cfg, p.task, p.meta, module.model, p.tokenizer, best)
+    write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
     out = os.path.join(cfg.output_dir, "evaluate.json")
-    assert evaluate.main([os.path.join(cfg.output_dir, "config.yaml"), "--model", best, "--split", "validation", "--output", out]) == 0
+    assert evaluate_cmd.main([os.path.join(cfg.output_dir, "config.yaml"), "--model", best, "--split", "validation", "--output", out]) == 0
     with open(out) as f:
         return direct, json.load(f)

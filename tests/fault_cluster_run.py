@@ -19,9 +19,10 @@ def main(config_path: str, run_dir: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from launcher import cli, train
+    from launcher.config import parsing
+    from launcher.commands import train as train_cmd
 
-    cfg, _ = cli.parse([config_path])
+    cfg, _ = parsing.parse([config_path])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True,
                                                             "dashboard_host": "127.0.0.1", "dashboard_port": _free_port()})
     worker_node = cluster.add_node(num_cpus=1)
@@ -34,7 +35,7 @@ def main(config_path: str, run_dir: str) -> None:
 
     def train_run() -> None:
         try:
-            box["results"] = train.run(cfg)
+            box["results"] = train_cmd.run(cfg)
         except BaseException as e:  # noqa: BLE001 - re-raised below
             box["error"] = e
 

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import run_cli, write_csv, write_jsonl
 from launcher.__main__ import main
+from launcher.distributed import cluster
 
 SENTIMENT = [
     {"text": "the film was great", "label": "pos"}, {"text": "a dull plot", "label": "neg"},
@@ -226,16 +227,16 @@ def test_catalogue_is_large():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny_bert, tmp_path, capsys, monkeypatch):
-    from launcher import distributed
+
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started before the bad input was reported")
 
     if not case.root_ok and os.geteuid() == 0:
         pytest.skip("root reads files regardless of their permissions")
-    monkeypatch.setattr(distributed, "init_ray", case.patches.get("init_ray", no_ray))
+    monkeypatch.setattr(cluster, "init_ray", case.patches.get("init_ray", no_ray))
     if "cluster_resources" in case.patches:
-        monkeypatch.setattr(distributed, "cluster_resources", case.patches["cluster_resources"])
+        monkeypatch.setattr(cluster, "cluster_resources", case.patches["cluster_resources"])
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     argv = case.make(str(tmp_path), tiny_bert)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from conftest import base_config, make_tiny_bert, sentiment_rows, validate_then_evaluate_export, write_csv
 from launcher.__main__ import main as launcher_main
 from launcher.config import ConfigError
-from launcher.heads import MeanPoolClassifier
-from launcher.tasks.base_head import BaseTask, load_head_class
+from launcher.tasks.base import MeanPoolClassifier
+from launcher.tasks.base import BaseTask, load_head_class
 
 
 @pytest.mark.parametrize("path, message", [
@@ -31,12 +31,12 @@ def test_bad_head_paths_name_the_option(path, message):
 
 
 def test_bad_head_args_fail_before_ray(tmp_path, tiny_bert, sentiment_files):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "out"), task="base",
                       task_options={"head": "launcher.heads:MeanPoolClassifier", "head_args": {"hidden": 3}})
     with pytest.raises(ConfigError, match="unexpected keyword argument 'hidden'") as e:
-        train.prepare(cfg)
+        prepare_lib.prepare(cfg)
     assert e.value.key == "task_options.head_args"
     cfg.task_options = {"head": "launcher.heads:nope"}
     with pytest.raises(ConfigError) as e:
@@ -70,9 +70,9 @@ def test_exported_folder_evaluates_like_the_module(tmp_path, tiny_bert, sentimen
 def test_ray_run_exports_backbone_and_head(tmp_path, ray_session):
     from transformers import AutoModel, pipeline
 
-    from launcher import train
-    from launcher.data import optimizer_steps
-    from launcher.tasks.base_head import load_exported
+    from launcher.commands import train as train_cmd
+    from launcher.data.sampling import optimizer_steps
+    from launcher.tasks.base import load_exported
 
     model = make_tiny_bert(str(tmp_path / "bert"))
     train_rows, val_rows = sentiment_rows(40, seed=1), sentiment_rows(14, seed=2)
@@ -80,7 +80,7 @@ def test_ray_run_exports_backbone_and_head(tmp_path, ray_session):
     cfg = base_config(model, files, str(tmp_path / "out"), task="base",
                       task_options={"head": "launcher.heads:MeanPoolClassifier", "head_args": {"dropout": 0.0}},
                       train={"max_epochs": 2, "accumulate_grad_batches": 2})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     assert results["monitor"] == "val_loss"
     last = results["epochs"][-1]

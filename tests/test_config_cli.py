@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from launcher import cli
+from launcher.config import schema
 from launcher.__main__ import main
 from launcher.config import Config, ConfigError, validate
 
@@ -26,7 +26,7 @@ def test_help_lists_every_key_with_doc_and_default(capsys):
         main(["train", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for key in cli.all_keys():
+    for key in schema.all_keys():
         field_is_section = "." not in key and key not in ("task", "output_dir", "task_options")
         if not field_is_section:
             assert f"--{key}" in out, key
@@ -97,14 +97,14 @@ def test_validate_ranges(section, key, value, needle):
 
 def test_non_empty_output_dir_needs_overwrite(tmp_path, tiny_bert, sentiment_files):
     from conftest import base_config
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("{}")
     cfg = base_config(tiny_bert, sentiment_files, str(out))
     with pytest.raises(ConfigError, match="output_dir: .* is not empty — pass --overwrite"):
-        train.check_output_dir(cfg, overwrite=False, resume=False)
+        prepare_lib.check_output_dir(cfg, overwrite=False, resume=False)
     assert (out / "results.json").read_text() == "{}"
 
 

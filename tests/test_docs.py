@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 
-from launcher import cli, docs
+from launcher.config import schema
+from launcher.config import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_readme_config_reference_is_current():
     text = open(os.path.join(ROOT, "README.md")).read()
-    section = text.split(docs.BEGIN)[1].split(docs.END)[0]
-    assert section.strip() == docs.reference().strip(), "run: python -m launcher.docs --write README.md"
-    for key in cli.all_keys():
+    section = text.split(reference.BEGIN)[1].split(reference.END)[0]
+    assert section.strip() == reference.reference().strip(), "run: python -m launcher.docs --write README.md"
+    for key in schema.all_keys():
         if "." in key or key in ("task", "output_dir", "task_options"):
             assert f"`{key}`" in section or f"`{key}:`" in section, key
 
@@ -24,7 +25,7 @@ def test_readme_shows_the_two_commands():
 
 
 def test_every_example_config_parses_and_starts_with_its_command():
-    from launcher import cli as cli_mod
+    from launcher.config import parsing
     from launcher.config import validate
 
     folder = os.path.join(ROOT, "examples", "configs")
@@ -37,7 +38,7 @@ def test_every_example_config_parses_and_starts_with_its_command():
             path = os.path.join("examples", "configs", name)
             first = open(path).readline()
             assert first.startswith("# launcher ") or first.startswith("# python "), (name, first)
-            cfg, _ = cli_mod.parse([path], prog="launcher train")
+            cfg, _ = parsing.parse([path], prog="launcher train")
             validate(cfg)
     finally:
         os.chdir(cwd)

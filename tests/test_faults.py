@@ -21,7 +21,7 @@ import yaml
 
 import faults
 from conftest import base_config
-from launcher.data import optimizer_steps
+from launcher.data.sampling import optimizer_steps
 
 pytestmark = pytest.mark.ray
 
@@ -42,15 +42,15 @@ def _run_dir(cfg) -> str:
 
 
 def _train_with_fault(ray_session, cfg, sig, seed, last=3):
-    """launcher's train.run in this thread; a fault thread signals a random worker after a random checkpoint."""
-    from launcher import train
+    """launcher's train_cmd.run in this thread; a fault thread signals a random worker after a random checkpoint."""
+    from launcher.commands import train as train_cmd
 
     rng = random.Random(seed)
     after = rng.randint(1, last)  # an early one of 6-8 checkpoints: the kill always lands mid-training
     fault = faults.Fault(_run_dir(cfg), after, faults.signal_a_worker(ray_session.get_runtime_context().gcs_address, sig, rng),
                          seed=seed)
     fault.start()
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
     return results, fault.result()
 
 
@@ -87,14 +87,14 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tiny_bert, se
 def reference(ray_session, tiny_bert, tmp_path_factory):
     """The uninterrupted run every slow fault test must reproduce."""
     from conftest import sentiment_rows, write_csv
-    from launcher import train
+    from launcher.commands import train as train_cmd
 
     d = tmp_path_factory.mktemp("reference")
     files = {"train": write_csv(str(d / "train.csv"), sentiment_rows(N_TRAIN, seed=1)),
              "validation": write_csv(str(d / "val.csv"), sentiment_rows(30, seed=2)),
              "test": write_csv(str(d / "test.csv"), sentiment_rows(30, seed=3))}
     out = str(d / "run")
-    results = train.run(_config(tiny_bert, files, out))
+    results = train_cmd.run(_config(tiny_bert, files, out))
     faults.assert_complete_history(out, results, optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2), epochs=2)
     return {"files": files, "out": out, "results": results}
 
@@ -199,8 +199,8 @@ def test_nonfinite_loss_fails_once_without_ray_restarts(ray_session, tiny_bert, 
     retrying from the last checkpoint would only hit the same row again."""
     from ray.util.state import list_actors
 
-    from launcher import train
-    from launcher.callbacks import NonFiniteLoss
+    from launcher.commands import train as train_cmd
+    from launcher.errors import NonFiniteLoss
 
     def workers_ever_started() -> int:
         return len(list_actors(address=ray_session.get_runtime_context().gcs_address, limit=10000,
@@ -210,19 +210,19 @@ def test_nonfinite_loss_fails_once_without_ray_restarts(ray_session, tiny_bert, 
     cfg.checkpoint.monitor, cfg.checkpoint.mode = "val_loss", "min"
     before = workers_ever_started()
     with pytest.raises(NonFiniteLoss, match=r"loss is inf at step \d+ \(epoch 1, batch \d+\): lower optim.lr"):
-        train.run(cfg)
+        train_cmd.run(cfg)
     assert workers_ever_started() - before == WORKERS  # one worker group, no restarts
     assert not os.path.exists(os.path.join(cfg.output_dir, "results.json"))
 
 
 @pytest.mark.slow
 def test_nonfinite_steps_skipped_when_configured(ray_session, tiny_bert, tmp_path):
-    from launcher import train
+    from launcher.commands import train as train_cmd
 
     cfg = _config(tiny_bert, _regression_files(tmp_path), str(tmp_path / "run"), every=None)
     cfg.checkpoint.monitor, cfg.checkpoint.mode = "val_loss", "min"
     cfg.train.skip_nonfinite_batches = True
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
     assert results["skipped_steps"] == 2  # the poisoned row's step, once per epoch
     assert results["global_step"] == optimizer_steps(N_TRAIN, WORKERS, BATCH, ACCUM, 2)
     import torch

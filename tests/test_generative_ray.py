@@ -24,7 +24,7 @@ def _results(out: str) -> dict:
 
 
 def _predict(tmp_path, model_dir: str, rows: list[dict], *options: str) -> list[dict]:
-    from launcher.evaluate import predict_main
+    from launcher.commands.predict import main as predict_main
 
     inp = write_jsonl(str(tmp_path / "predict_in.jsonl"), rows)
     out = str(tmp_path / "predict_out.jsonl")
@@ -39,14 +39,14 @@ def _predict(tmp_path, model_dir: str, rows: list[dict], *options: str) -> list[
 def test_causal_lm_on_text_file(ray_session, tmp_path):
     from transformers import pipeline
 
-    from launcher import train
+    from launcher.commands import train as train_cmd
 
     model = tiny_gpt2(str(tmp_path / "gpt2"))
     files = {"train": write_lines(str(tmp_path / "train.txt"), 160, seed=1),
              "validation": write_lines(str(tmp_path / "val.txt"), 25, seed=2)}
     out = str(tmp_path / "run")
     cfg = base_config(model, files, out, task="language-modeling", data={"block_size": 24})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     assert results["monitor"] == "val_loss" and results["global_step"] > 0
     assert [e["epoch"] for e in results["epochs"]] == [1.0, 2.0]
@@ -66,7 +66,7 @@ def test_causal_lm_on_text_file(ray_session, tmp_path):
 def test_pretraining_bert_from_config(ray_session, tmp_path):
     from transformers import pipeline
 
-    from launcher import train
+    from launcher.commands import train as train_cmd
 
     model = bert_config_folder(str(tmp_path / "bert-config"))  # no weights: random init
     files = {"train": write_documents(str(tmp_path / "train.txt"), 24, seed=1),
@@ -74,7 +74,7 @@ def test_pretraining_bert_from_config(ray_session, tmp_path):
     out = str(tmp_path / "run")
     cfg = base_config(model, files, out, task="pretraining")
     cfg.model.from_config = True
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     for e in results["epochs"]:
         assert e["val_loss"] == pytest.approx(e["val_mlm_loss"] + e["val_nsp_loss"], rel=1e-5)
@@ -95,8 +95,8 @@ def test_summarization_generation_is_gathered_exactly_once(ray_session, tmp_path
     1-process evaluation of the exported model."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from launcher import train
-    from launcher.evaluate import main as evaluate_main
+    from launcher.commands import train as train_cmd
+    from launcher.commands.evaluate import main as evaluate_main
 
     model = tiny_t5(str(tmp_path / "t5"))
     files = {"train": write_csv(str(tmp_path / "train.csv"), summary_rows(64, seed=1)),
@@ -104,7 +104,7 @@ def test_summarization_generation_is_gathered_exactly_once(ray_session, tmp_path
     out = str(tmp_path / "run")
     cfg = base_config(model, files, out, task="summarization", data={"source_column": "document", "target_column": "summary"},
                       task_options={"max_target_length": 12, "num_beams": 2, "generate_every_n_epochs": 2})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     first, last = results["epochs"]
     assert math.isfinite(first["val_loss"]) and math.isnan(first["val_rougeL"])  # no generation in epoch 1
@@ -132,7 +132,7 @@ def test_summarization_generation_is_gathered_exactly_once(ray_session, tmp_path
 
 
 def test_translation_dict_column(ray_session, tmp_path):
-    from launcher import train
+    from launcher.commands import train as train_cmd
 
     model = tiny_bart(str(tmp_path / "bart"))
     files = {"train": write_jsonl(str(tmp_path / "train.jsonl"), translation_rows(64, seed=1)),
@@ -140,7 +140,7 @@ def test_translation_dict_column(ray_session, tmp_path):
     out = str(tmp_path / "run")
     cfg = base_config(model, files, out, task="translation",
                       task_options={"source_lang": "en", "target_lang": "fr", "max_target_length": 8})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     for e in results["epochs"]:
         assert e["val_generated"] == 15

@@ -22,16 +22,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_smollm2_gguf_example_trains_exports_and_predicts(ray_session, tmp_path):
     from transformers import pipeline
 
-    from launcher import cli, train
-    from launcher.evaluate import predict_main
+    from launcher.config import parsing
+    from launcher.commands import train as train_cmd
+    from launcher.commands.predict import main as predict_main
 
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        cfg, _ = cli.parse(["examples/smollm2/smollm2_lm.yaml", "--output_dir", str(tmp_path / "run"), "--train.max_steps", "2",
+        cfg, _ = parsing.parse(["examples/smollm2/smollm2_lm.yaml", "--output_dir", str(tmp_path / "run"), "--train.max_steps", "2",
                             "--logging.tensorboard", "false"])
         assert cfg.model.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
-        results = train.run(cfg)
+        results = train_cmd.run(cfg)
     finally:
         os.chdir(cwd)
 

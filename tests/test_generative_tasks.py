@@ -27,7 +27,7 @@ def _validate(module, dataset, collate, batch_size: int, rank: int = 0, world: i
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    from launcher.data import EvalShard
+    from launcher.data.sampling import EvalShard
 
     loader = DataLoader(EvalShard(dataset, rank, world), batch_size=batch_size, collate_fn=collate)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -54,7 +54,7 @@ def _hand_causal_nll(model, tokenizer, examples: list[list[int]]) -> tuple[float
 def test_perplexity_is_exp_of_token_weighted_mean_loss(models, tmp_path):
     """Documents of very different lengths (packing off) in batches of 2: the epoch loss must be the mean
     over tokens, not over batches; on rank 1 of 2 the pad row must not count."""
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     rng = random.Random(0)
     from generative_fixtures import sentence
@@ -64,7 +64,7 @@ def test_perplexity_is_exp_of_token_weighted_mean_loss(models, tmp_path):
              "validation": write_csv(str(tmp_path / "val.csv"), [{"text": d} for d in docs])}
     cfg = base_config(models["gpt2"], files, str(tmp_path / "out"), task="language-modeling",
                       data={"max_length": 64, "block_size": 40}, task_options={"packing": False})
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     val = p.splits["validation"]
     assert p.meta == {"objective": "causal", "block_size": 40}
     module = p.task.module(p.meta, p.tokenizer)
@@ -88,12 +88,12 @@ def test_perplexity_is_exp_of_token_weighted_mean_loss(models, tmp_path):
 
 
 def test_packing_concatenates_and_cuts_blocks(models, tmp_path):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     path = write_lines(str(tmp_path / "train.txt"), 40, seed=3)
     cfg = base_config(models["gpt2"], {"train": path, "validation": path}, str(tmp_path / "out"), task="language-modeling",
                       data={"block_size": 16})
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     blocks = p.splits["validation"]["input_ids"]
     tok = p.tokenizer
     with open(path) as f:
@@ -103,13 +103,13 @@ def test_packing_concatenates_and_cuts_blocks(models, tmp_path):
 
 
 def test_causal_documents_from_a_column_are_separated_by_eos(models, tmp_path):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     rows = [{"text": "the cat sat ."}, {"text": "a dog ran ."}, {"text": "the fox ."}]
     path = write_csv(str(tmp_path / "d.csv"), rows)
     cfg = base_config(models["gpt2"], {"train": path, "validation": path}, str(tmp_path / "out"), task="language-modeling",
                       data={"block_size": 64})
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     ids = p.splits["validation"]["input_ids"][0]
     assert p.tokenizer.decode(ids) == "the cat sat . </s> a dog ran . </s> the fox . </s>"
 
@@ -144,16 +144,17 @@ def test_masked_eval_masking_is_fixed_per_example(models):
 def test_masked_lm_exports_for_fill_mask_and_predict(models, tmp_path):
     from transformers import pipeline
 
-    from launcher import export, train
+    from launcher import export as export_lib
+    from launcher.training import prepare as prepare_lib
 
     path = write_csv(str(tmp_path / "t.csv"), [{"text": "the film was good"}, {"text": "the plot was dull"}] * 4)
     cfg = base_config(models["bert"], {"train": path, "validation": path}, str(tmp_path / "out"), task="language-modeling")
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     assert p.meta["objective"] == "masked"  # BERT's default
     module = p.task.module(p.meta, p.tokenizer)
     got = _validate(module, p.splits["validation"], p.task.collator(p.tokenizer), batch_size=4)
     assert got["val_perplexity"] == pytest.approx(math.exp(got["val_loss"]), rel=1e-5)
-    best = export.save_folder(cfg, p.task, p.meta, module.model, p.tokenizer, str(tmp_path / "best"))
+    best = export_lib.save_folder(cfg, p.task, p.meta, module.model, p.tokenizer, str(tmp_path / "best"))
     assert len(pipeline("fill-mask", model=best)("the film was [MASK]", top_k=2)) == 2
     ds = p.task.read("--input", write_csv(str(tmp_path / "in.csv"), [{"text": "the [MASK] was good"}]))
     rows = p.task.predict(best, ds, {"top_k": 3, "batch_size": 2, "device": -1})
@@ -218,15 +219,15 @@ def test_generation_over_two_simulated_ranks_gives_one_output_per_input(models, 
     rows are exactly the 7 examples in order, equal to a 1-process run, and so are the metrics."""
     from torch.utils.data import DataLoader
 
-    from launcher import train
-    from launcher.data import EvalShard
-    from launcher.tasks.seq2seq import merge_generations, score_rows
+    from launcher.training import prepare as prepare_lib
+    from launcher.data.sampling import EvalShard
+    from launcher.tasks._seq2seq import merge_generations, score_rows
 
     files = {"train": write_csv(str(tmp_path / "train.csv"), summary_rows(8, seed=1)),
              "validation": write_csv(str(tmp_path / "val.csv"), summary_rows(7, seed=2))}
     cfg = base_config(models["t5"], files, str(tmp_path / "out"), task="summarization",
                       data={"source_column": "document", "target_column": "summary"}, task_options={"max_target_length": 6})
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     module = p.task.module(p.meta, p.tokenizer)
     module.model.eval()
     collate = p.task.collator(p.tokenizer)
@@ -254,7 +255,7 @@ def test_generation_over_two_simulated_ranks_gives_one_output_per_input(models, 
 
 
 def test_merge_generations_rejects_duplicates_and_gaps():
-    from launcher.tasks.seq2seq import merge_generations
+    from launcher.tasks._seq2seq import merge_generations
 
     assert merge_generations([[(2, "c"), (0, "a"), (-1, "pad")], [(1, "b")]], expected=3) == [(0, "a"), (1, "b"), (2, "c")]
     with pytest.raises(RuntimeError, match="twice"):
@@ -264,13 +265,13 @@ def test_merge_generations_rejects_duplicates_and_gaps():
 
 
 def test_generate_every_n_epochs_skips_text_metrics(models, tmp_path):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     files = {"train": write_jsonl(str(tmp_path / "t.jsonl"), translation_rows(6)),
              "validation": write_jsonl(str(tmp_path / "v.jsonl"), translation_rows(5, seed=1))}
     cfg = base_config(models["bart"], files, str(tmp_path / "out"), task="translation",
                       task_options={"source_lang": "en", "target_lang": "fr", "max_target_length": 5, "generate_every_n_epochs": 0})
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     module = p.task.module(p.meta, p.tokenizer)
     got = _validate(module, p.splits["validation"], p.task.collator(p.tokenizer), batch_size=2)
     # trainer.validate alone is "epoch 1 of max_epochs 1000": with generate_every_n_epochs 0 only the loss is computed.
@@ -278,13 +279,13 @@ def test_generate_every_n_epochs_skips_text_metrics(models, tmp_path):
 
 
 def test_seq2seq_labels_end_with_eos_and_prefix_is_applied(models, tmp_path):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     files = {"train": write_csv(str(tmp_path / "t.csv"), [{"en": "the cat sat", "fr": "le chat assis"}] * 3)}
     cfg = base_config(models["bart"], {**files, "validation": files["train"]}, str(tmp_path / "out"), task="translation",
                       data={"source_column": "en", "target_column": "fr"},
                       task_options={"source_prefix": "a ", "max_target_length": 3})
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     row = p.splits["validation"][0]
     assert p.tokenizer.decode(row["input_ids"]) == "a the cat sat </s>"
     assert row["labels"] == p.tokenizer("le chat </s>", add_special_tokens=False)["input_ids"]  # truncated, still ends in EOS
@@ -318,13 +319,13 @@ def test_sentence_pairs_nsp_and_sop():
 
 
 def test_pretraining_builds_pairs_from_blank_line_documents(tmp_path):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     model = bert_config_folder(str(tmp_path / "bert-config"))
     path = write_documents(str(tmp_path / "docs.txt"), 6, seed=1)
     cfg = base_config(model, {"train": path, "validation": path}, str(tmp_path / "out"), task="pretraining")
     cfg.model.from_config = True
-    p = train.prepare(cfg)
+    p = prepare_lib.prepare(cfg)
     ds = p.splits["train"]
     assert p.meta["objective"] == "nsp" and set(ds.column_names) >= {"input_ids", "token_type_ids", "next_sentence_label"}
     cls_id, sep_id = p.tokenizer.cls_token_id, p.tokenizer.sep_token_id
@@ -343,10 +344,10 @@ def test_pretraining_builds_pairs_from_blank_line_documents(tmp_path):
 
 
 def _prepare_error(cfg) -> ConfigError:
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
     with pytest.raises(ConfigError) as e:
-        train.prepare(cfg)
+        prepare_lib.prepare(cfg)
     assert "\n" not in str(e.value)
     return e.value
 

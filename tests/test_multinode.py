@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from cluster_helpers import isolated_ray_env
-from launcher import distributed
+from launcher.distributed import cluster
 from launcher.config import Config, ConfigError
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -36,12 +36,12 @@ def test_local_storage_is_refused_on_several_nodes(monkeypatch):
     two_ips = {"CPU": 4.0, "node:10.0.0.1": 1.0, "node:10.0.0.2": 1.0, "node:__internal_head__": 1.0}
     for resources in (two_on_one_ip, two_ips):
         with pytest.raises(ConfigError, match="the cluster has 2 nodes but run storage is the local folder /tmp/somewhere/out/ray"):
-            distributed.check_resources(_cfg(), resources)
-        distributed.check_resources(_cfg(storage_path="s3://bucket/runs"), resources)
-        distributed.check_resources(_cfg(storage_path="/mnt/nfs/runs"), resources)  # explicit: the user says it is shared
-    distributed.check_resources(_cfg(), {"CPU": 4.0, "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0})
+            cluster.check_resources(_cfg(), resources)
+        cluster.check_resources(_cfg(storage_path="s3://bucket/runs"), resources)
+        cluster.check_resources(_cfg(storage_path="/mnt/nfs/runs"), resources)  # explicit: the user says it is shared
+    cluster.check_resources(_cfg(), {"CPU": 4.0, "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0})
     monkeypatch.setenv("LAUNCHER_STORAGE", "gs://bucket/runs")
-    distributed.check_resources(_cfg(), two_ips)
+    cluster.check_resources(_cfg(), two_ips)
 
 
 SCRIPT = textwrap.dedent("""
@@ -53,7 +53,11 @@ SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
 
     from conftest import base_config, make_tiny_bert, sentiment_rows, write_csv
-    from launcher import distributed, export, storage, train
+    from launcher.distributed import cluster
+    from launcher import export as export_lib
+    from launcher import storage
+    from launcher.training import fit as fit_lib
+    from launcher.training import prepare as prepare_lib
     from launcher.config import ConfigError, to_dict
 
     work = {work!r}
@@ -88,25 +92,25 @@ SCRIPT = textwrap.dedent("""
                       ray={{"address": cluster.address, "placement_strategy": "SPREAD", "cpus_per_worker": 1}})
     with open(os.path.join(work, "cfg.yaml"), "w") as f:
         yaml.safe_dump({{k: v for k, v in to_dict(cfg).items() if k != "tune"}}, f)
-    distributed.init_ray(cfg)
+    cluster.init_ray(cfg)
     nodes = len([n for n in ray.nodes() if n["Alive"]])
     try:
-        distributed.check_resources(cfg, ray.cluster_resources())
+        cluster.check_resources(cfg, ray.cluster_resources())
         refused = None
     except ConfigError as e:
         refused = str(e)
     # One machine: a folder here is "shared" by both nodes, so an explicit path is accepted.
     cfg.ray.storage_path = os.path.join(work, "shared-storage")
-    prepared = train.prepare(cfg)
-    distributed.check_resources(cfg, ray.cluster_resources())
-    outcome = train.fit(cfg, prepared, name=storage.run_name(cfg), extra_loop_config={{"callbacks": [NodeOfRank()]}})
-    results = export.finish(cfg, prepared, outcome)
+    prepared = prepare_lib.prepare(cfg)
+    cluster.check_resources(cfg, ray.cluster_resources())
+    outcome = fit_lib.fit(cfg, prepared, name=storage.run_name(cfg), extra_loop_config={{"callbacks": [NodeOfRank()]}})
+    results = export_lib.finish_run(cfg, prepared, outcome)
     ranks = {{r: open(os.path.join(work, f"node-of-rank-{{r}}")).read() for r in (0, 1)}}
     t = cfg.train
-    from launcher import plan
-    from launcher.data import optimizer_steps
+    from launcher.commands import plan as plan_cmd
+    from launcher.data.sampling import optimizer_steps
     expected = {{"formula": optimizer_steps(96, 2, t.batch_size, t.accumulate_grad_batches, t.max_epochs),
-                 "plan": plan.build(cfg)["steps"]["optimizer_steps_total"]}}
+                 "plan": plan_cmd.build(cfg)["steps"]["optimizer_steps_total"]}}
     print("RESULT " + json.dumps({{"nodes": nodes, "refused": refused, "ranks": ranks, "results": results, "expected": expected}}))
     ray.shutdown()
     cluster.shutdown()

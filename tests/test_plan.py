@@ -17,9 +17,11 @@ import time
 import pytest
 
 from conftest import base_config, sentiment_rows, write_csv, write_jsonl
-from launcher import plan
+from launcher.commands import plan as plan_cmd
+from launcher.data import counting
+from launcher.distributed import memory
 from launcher.config import ConfigError
-from launcher.data import optimizer_steps
+from launcher.data.sampling import optimizer_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +31,7 @@ def test_steps_and_sizes_follow_the_training_formulas(tiny_bert, tmp_path):
              "validation": write_jsonl(str(tmp_path / "v.jsonl"), sentiment_rows(11, seed=2))}
     cfg = base_config(tiny_bert, files, str(tmp_path / "out"), train={"batch_size": 4, "accumulate_grad_batches": 3, "max_epochs": 2},
                       scheduler={"warmup_ratio": 0.25})
-    p = plan.build(cfg)
+    p = plan_cmd.build(cfg)
     assert p["data"]["sizes"] == {"train": 37, "validation": 11} and p["data"]["exact"]
     st = p["steps"]
     # 2 workers: ceil(37 / 2) = 19 examples per rank -> 5 batches of 4 -> ceil(5 / 3) = 2 steps per epoch.
@@ -44,7 +46,7 @@ def test_steps_and_sizes_follow_the_training_formulas(tiny_bert, tmp_path):
     assert p["paths"]["checkpoints"].startswith(os.path.join(str(tmp_path / "out"), "ray", "train", "checkpoint_"))
 
     cfg.train.max_steps = 7  # train.py then runs until exactly max_steps, across epochs
-    assert plan.build(cfg)["steps"]["optimizer_steps_total"] == 7
+    assert plan_cmd.build(cfg)["steps"]["optimizer_steps_total"] == 7
 
 
 def test_row_counts_match_what_datasets_reads(tmp_path):
@@ -52,7 +54,7 @@ def test_row_counts_match_what_datasets_reads(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from launcher.data import read_file
+    from launcher.data.files import read_file
 
     rows = sentiment_rows(23, seed=4)
     rows[3]["text"] = 'a "quoted" text, with a comma\nand a newline'
@@ -73,38 +75,38 @@ def test_row_counts_match_what_datasets_reads(tmp_path):
     disk_path = str(tmp_path / "disk")
     read_file("x", parquet_path).save_to_disk(disk_path)
     for path in (csv_path, tsv_path, jsonl_path, array_path, parquet_path, disk_path):
-        assert plan.count_rows("data.train_file", path) == len(read_file("data.train_file", path)) == 23, path
+        assert counting.count_rows("data.train_file", path) == len(read_file("data.train_file", path)) == 23, path
     with pytest.raises(ConfigError, match="file not found"):
-        plan.count_rows("data.train_file", str(tmp_path / "missing.csv"))
+        counting.count_rows("data.train_file", str(tmp_path / "missing.csv"))
 
 
 def test_validation_split_and_sample_caps_match_load_splits(tiny_bert, tmp_path):
-    from launcher.data import load_splits
+    from launcher.data.files import load_splits
 
     files = {"train": write_csv(str(tmp_path / "t.csv"), sentiment_rows(53, seed=5)),
              "test": write_csv(str(tmp_path / "s.csv"), sentiment_rows(9, seed=6))}
     cfg = base_config(tiny_bert, files, str(tmp_path / "out"), data={"validation_split": 0.15, "max_eval_samples": 7})
-    sizes, notes = plan.data_sizes(cfg)
+    sizes, notes = plan_cmd.data_sizes(cfg)
     real = {k: len(v) for k, v in load_splits(cfg).items()}
     assert sizes == real == {"train": 45, "validation": 7, "test": 7}
     assert notes == []
     cfg.data.max_train_samples = 10
-    assert plan.data_sizes(cfg)[0]["train"] == 10 == len(load_splits(cfg)["train"])
+    assert plan_cmd.data_sizes(cfg)[0]["train"] == 10 == len(load_splits(cfg)["train"])
 
 
 def test_tasks_with_derived_examples_are_marked_as_estimates(tiny_bert, tmp_path):
     files = {"train": write_csv(str(tmp_path / "t.csv"), sentiment_rows(20))}
     cfg = base_config(tiny_bert, files, str(tmp_path / "out"), task="language-modeling")
-    p = plan.build(cfg)
+    p = plan_cmd.build(cfg)
     assert not p["data"]["exact"]
     assert "packed into blocks" in p["data"]["notes"][0] and "--exact" in p["data"]["notes"][0]
-    assert "(estimates, see notes)" in plan.render(p)
+    assert "(estimates, see notes)" in plan_cmd.render(p)
 
 
 def test_parameters_from_the_header_and_from_the_meta_device(tiny_bert, tmp_path, sentiment_files):
     cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "out"))
-    fast = plan.build(cfg)["memory"]
-    exact = plan.build(cfg, exact=True)["memory"]
+    fast = plan_cmd.build(cfg)["memory"]
+    exact = plan_cmd.build(cfg, exact=True)["memory"]
     assert "meta device" in exact["source"] and "safetensors header" in fast["source"]
     # The tiny BERT checkpoint has no classifier: the task adds hidden (32) x 2 labels + 2 biases.
     assert exact["parameters"] - fast["parameters"] == 32 * 2 + 2
@@ -114,19 +116,19 @@ def test_parameters_from_the_header_and_from_the_meta_device(tiny_bert, tmp_path
 
 
 def test_memory_by_precision_optimizer_and_strategy():
-    params = plan.Params(count=1000 * 10 + 10, shapes=[[1000, 10], [10]], source="test")
+    params = memory.Params(count=1000 * 10 + 10, shapes=[[1000, 10], [10]], source="test")
     n = params.count
-    full = plan.memory_estimate(params, "32-true", "adamw", "ddp", 4)
+    full = memory.memory_estimate(params, "32-true", "adamw", "ddp", 4)
     assert full["total_bytes_per_worker"] == 16 * n
-    assert plan.memory_estimate(params, "bf16-mixed", "adamw", "ddp", 4)["total_bytes_per_worker"] == 16 * n
-    assert plan.memory_estimate(params, "bf16-true", "adamw", "ddp", 4)["total_bytes_per_worker"] == 8 * n
-    assert plan.memory_estimate(params, "32-true", "adamw", "fsdp", 4)["total_bytes_per_worker"] == 4 * n
-    assert plan.memory_estimate(params, "32-true", "adamw", "deepspeed", 4)["bytes_per_worker"] == {
+    assert memory.memory_estimate(params, "bf16-mixed", "adamw", "ddp", 4)["total_bytes_per_worker"] == 16 * n
+    assert memory.memory_estimate(params, "bf16-true", "adamw", "ddp", 4)["total_bytes_per_worker"] == 8 * n
+    assert memory.memory_estimate(params, "32-true", "adamw", "fsdp", 4)["total_bytes_per_worker"] == 4 * n
+    assert memory.memory_estimate(params, "32-true", "adamw", "deepspeed", 4)["bytes_per_worker"] == {
         "weights": 4 * n, "gradients": n, "optimizer_state": 2 * n}
     # Adafactor: row (1000) + column (10) second moments for the matrix, a full one for the vector.
-    ada = plan.memory_estimate(params, "32-true", "adafactor", "ddp", 1)
+    ada = memory.memory_estimate(params, "32-true", "adafactor", "ddp", 1)
     assert ada["bytes_per_worker"]["optimizer_state"] == 4 * (1000 + 10 + 10)
-    assert plan.memory_estimate(plan.Params(None, [], "why"), "32-true", "adamw", "ddp", 1) == {"parameters": None, "source": "why"}
+    assert memory.memory_estimate(memory.Params(None, [], "why"), "32-true", "adamw", "ddp", 1) == {"parameters": None, "source": "why"}
 
 
 def test_tune_section_adds_trials_and_search_space(tiny_bert, tmp_path, sentiment_files):
@@ -180,19 +182,19 @@ def test_plan_of_the_example_is_fast_and_starts_nothing():
 
 
 def test_tune_default_space_and_bad_space(tiny_bert, tmp_path, sentiment_files):
-    from launcher.tune import DEFAULT_SPACE
+    from launcher.search.space import DEFAULT_SPACE
 
     cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "out"))
     cfg.tune.num_samples = 5
-    t = plan.build(cfg, tune=True)["tune"]
+    t = plan_cmd.build(cfg, tune=True)["tune"]
     assert t["default_search_space"] and set(t["search_space"]) == set(DEFAULT_SPACE) and t["trials"] == 5
     cfg.tune.search_alg = "grid"
     cfg.tune.search_space = {"scheduler.name": {"choice": ["linear", "cosine"]}, "optim.name": {"grid": ["adamw", "adafactor"]}}
-    assert plan.build(cfg, tune=True)["tune"]["trials"] == 5 * 2 * 2  # grid search: the choice is a grid too
+    assert plan_cmd.build(cfg, tune=True)["tune"]["trials"] == 5 * 2 * 2  # grid search: the choice is a grid too
     cfg.tune.search_space = {"optim.lrr": {"uniform": [1e-5, 1e-4]}}
     with pytest.raises(ConfigError, match="tune.search_space.optim.lrr: unknown config key — did you mean optim.lr"):
-        plan.build(cfg, tune=True)
-    assert "tune" not in plan.build(cfg)["config"]  # a train plan does not show the unused section
+        plan_cmd.build(cfg, tune=True)
+    assert "tune" not in plan_cmd.build(cfg)["config"]  # a train plan does not show the unused section
 
 
 def test_conll_sentences_match_the_token_classification_reader(tmp_path):
@@ -200,7 +202,7 @@ def test_conll_sentences_match_the_token_classification_reader(tmp_path):
 
     path = tmp_path / "ner.conll"
     path.write_text("-DOCSTART- O\n\nalice B-PER\nlives O\n\n\nin O\nparis B-LOC\n-DOCSTART- O\nbob B-PER\n\n")
-    assert plan.conll_sentences("data.train_file", str(path)) == len(read_conll("data.train_file", str(path))) == 3
+    assert counting.conll_sentences("data.train_file", str(path)) == len(read_conll("data.train_file", str(path))) == 3
     examples = os.path.join(REPO, "examples", "data", "ner_train.conll")
     if os.path.exists(examples):
-        assert plan.conll_sentences("data.train_file", examples) == len(read_conll("data.train_file", examples))
+        assert counting.conll_sentences("data.train_file", examples) == len(read_conll("data.train_file", examples))

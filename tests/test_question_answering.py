@@ -169,9 +169,9 @@ def test_metric_answers_each_example_once_from_windows_on_two_ranks(tokenizer):
 
 
 def prepare(cfg):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
-    return train.prepare(cfg)
+    return prepare_lib.prepare(cfg)
 
 
 def test_data_errors(tmp_path, tiny_bert):
@@ -243,8 +243,9 @@ def test_exported_folder_evaluates_like_the_module(tmp_path, tiny_bert):
 def test_ray_run_exports_a_reader(tmp_path, ray_session):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from launcher import train
-    from launcher.data import optimizer_steps
+    from launcher.commands import train as train_cmd
+    from launcher.training import prepare as prepare_lib
+    from launcher.data.sampling import optimizer_steps
 
     model = make_tiny_bert(str(tmp_path / "bert"))
     val_rows = qa_rows(12, 22)
@@ -252,8 +253,8 @@ def test_ray_run_exports_a_reader(tmp_path, ray_session):
              "validation": write_jsonl(str(tmp_path / "val.jsonl"), val_rows)}
     cfg = base_config(model, files, str(tmp_path / "out"), task="question-answering", task_options={"doc_stride": 8},
                       train={"max_epochs": 2, "accumulate_grad_batches": 2})
-    features = train.prepare(cfg).sizes["train"]  # windows, not rows, are the training examples
-    results = train.run(cfg)
+    features = prepare_lib.prepare(cfg).sizes["train"]  # windows, not rows, are the training examples
+    results = train_cmd.run(cfg)
 
     assert results["monitor"] == "val_f1"
     last = results["epochs"][-1]

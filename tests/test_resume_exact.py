@@ -15,8 +15,8 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from launcher.data import TrainBatchSampler  # noqa: E402
-from launcher.resume import LoaderPosition, ResumableLoader  # noqa: E402
+from launcher.data.sampling import TrainBatchSampler  # noqa: E402
+from launcher.training.resume import LoaderPosition, ResumableLoader  # noqa: E402
 
 N, BATCH, ACCUM, EPOCHS = 27, 2, 2, 3  # 14 batches and 7 optimizer steps per epoch
 
@@ -176,7 +176,7 @@ def test_resume_after_validation_checkpoint_validates_each_epoch_once(tmp_path):
 
 def test_validation_follows_marks_exactly_the_batches_before_validation():
     """ReportCallback takes no step checkpoint on such batches (resuming from one would skip that validation)."""
-    from launcher.callbacks import validation_follows
+    from launcher.training.callbacks import validation_follows
 
     marked, validated_after = [], []
 

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from conftest import base_config
-from launcher import export
+from launcher.config import secrets
+from launcher import export as export_lib
+from launcher import files as files_lib
 from launcher.config import Config, ConfigError
 
 # ---------------------------------------------------------------------- atomic writes
@@ -24,7 +26,7 @@ from launcher.config import Config, ConfigError
 
 def test_atomic_write_is_complete_or_absent(tmp_path, monkeypatch):
     path = tmp_path / "results.json"
-    export.write_json(str(path), {"a": 1})
+    files_lib.write_json(str(path), {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
 
     def crash(src, dst):
@@ -32,11 +34,11 @@ def test_atomic_write_is_complete_or_absent(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        export.write_json(str(path), {"a": 2})
+        files_lib.write_json(str(path), {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}  # the old file, whole
     assert os.listdir(tmp_path) == ["results.json"]  # no temp file left behind
     with pytest.raises(OSError):
-        export.write_json(str(tmp_path / "new.json"), {"b": 1})
+        files_lib.write_json(str(tmp_path / "new.json"), {"b": 1})
     assert not (tmp_path / "new.json").exists()
 
 
@@ -50,7 +52,7 @@ def test_failed_export_leaves_previous_best(tmp_path, tiny_bert, sentiment_files
     model = BertForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     best = str(tmp_path / "out" / "best")
-    export.save_folder(cfg, task, {"num_labels": 2}, model, tok, best)
+    export_lib.save_folder(cfg, task, {"num_labels": 2}, model, tok, best)
     before = sorted(os.listdir(best))
 
     class Broken:
@@ -60,7 +62,7 @@ def test_failed_export_leaves_previous_best(tmp_path, tiny_bert, sentiment_files
             raise OSError("node lost")
 
     with pytest.raises(OSError):
-        export.save_folder(cfg, task, {"num_labels": 2}, model, Broken(), best)
+        export_lib.save_folder(cfg, task, {"num_labels": 2}, model, Broken(), best)
     assert sorted(os.listdir(best)) == before
     assert sorted(os.listdir(tmp_path / "out")) == ["best"]  # no temp folder left
 
@@ -69,16 +71,17 @@ def test_failed_export_leaves_previous_best(tmp_path, tiny_bert, sentiment_files
 
 
 def test_output_dir_never_overwritten_without_a_flag(tmp_path, tiny_bert, sentiment_files):
-    from launcher import storage, train
+    from launcher import storage
+    from launcher.training import prepare as prepare_lib
 
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("{}")
     cfg = base_config(tiny_bert, sentiment_files, str(out))
     with pytest.raises(ConfigError, match="is not empty — pass --overwrite"):
-        train.check_output_dir(cfg, overwrite=False, resume=False)
-    train.check_output_dir(cfg, overwrite=True, resume=False)
-    train.check_output_dir(cfg, overwrite=False, resume=True)
+        prepare_lib.check_output_dir(cfg, overwrite=False, resume=False)
+    prepare_lib.check_output_dir(cfg, overwrite=True, resume=False)
+    prepare_lib.check_output_dir(cfg, overwrite=False, resume=True)
     assert (out / "results.json").read_text() == "{}"
 
     # Shared storage remembers runs by output_dir: a fresh run never silently continues one.
@@ -99,7 +102,7 @@ def test_output_dir_never_overwritten_without_a_flag(tmp_path, tiny_bert, sentim
 def _guarded_fit(skip: bool, bad_batches: set, accumulation: int = 2):
     import lightning.pytorch as pl
 
-    from launcher.callbacks import NonFiniteGuard
+    from launcher.training.callbacks import NonFiniteGuard
 
     class Module(pl.LightningModule):
         def __init__(self):
@@ -123,7 +126,7 @@ def _guarded_fit(skip: bool, bad_batches: set, accumulation: int = 2):
 
 
 def test_nonfinite_loss_stops_with_the_step_and_a_fix():
-    from launcher.callbacks import NonFiniteLoss
+    from launcher.errors import NonFiniteLoss
 
     with pytest.raises(NonFiniteLoss) as e:
         _guarded_fit(skip=False, bad_batches={5})
@@ -144,15 +147,15 @@ def test_nonfinite_steps_are_skipped_when_configured(capsys):
 def test_nonfinite_error_reaches_the_user_as_one_line(monkeypatch, capsys):
     """What the driver raises after train_loop ended the run on NonFiniteLoss (the Ray run itself,
     with no restarts, is tested in test_faults.py)."""
-    from launcher import train
     from launcher.__main__ import main
-    from launcher.callbacks import NonFiniteLoss
+    from launcher.commands import train as train_cmd
+    from launcher.errors import NonFiniteLoss
 
     def diverged(cfg, overwrite=False, resume=False):
         raise NonFiniteLoss("loss is nan at step 7 (epoch 1, batch 14): lower optim.lr (the lr was 0.5), or set "
                             "train.skip_nonfinite_batches true to skip such steps")
 
-    monkeypatch.setattr(train, "run", diverged)
+    monkeypatch.setattr(train_cmd, "run", diverged)
     assert main(["train", "--model.name_or_path", "m", "--data.train_file", "x.csv"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("launcher train: failed: NonFiniteLoss: loss is nan at step 7")
@@ -165,7 +168,7 @@ def test_redact_masks_secret_keys_and_values_but_not_tokenizer():
     cfg = {"model": {"tokenizer": "tok/", "name_or_path": "m"}, "task_options": {"hf_token": "abc", "max_tokens": 5},
            "logging": {"mlflow_tracking_uri": "https://bob:pw@mlflow.example.com"},
            "ray": {"storage_path": "s3://b/runs?endpoint_override=minio:9000&secret_key=xyz"}}
-    out = export.redact(cfg)
+    out = secrets.redact(cfg)
     assert out["model"] == cfg["model"]
     assert out["task_options"] == {"hf_token": "***", "max_tokens": 5}
     assert out["logging"]["mlflow_tracking_uri"] == "https://***@mlflow.example.com"
@@ -253,10 +256,10 @@ def test_local_ray_dashboard_listens_on_loopback_only(tmp_path):
     """init_ray's local Ray: the dashboard (job API) is bound to 127.0.0.1, not to every interface."""
     script = (
         "import ray\n"
-        "from launcher import distributed\n"
+        "from launcher.distributed import cluster\n"
         "from launcher.config import Config\n"
         "cfg = Config(); cfg.ray.num_cpus = 1\n"
-        "distributed.init_ray(cfg)\n"
+        "cluster.init_ray(cfg)\n"
         "url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), 'dashboard_url') else None\n"
         "url = url or ray._private.worker.global_worker.node.address_info['webui_url']\n"
         "port = int(url.rsplit(':', 1)[1])\n"

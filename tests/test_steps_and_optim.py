@@ -18,7 +18,7 @@ from torch import nn
 from conftest import base_config, sentiment_rows, write_csv
 from launcher import optim as optim_lib
 from launcher.config import OptimConfig, SchedulerConfig
-from launcher.data import TrainBatchSampler, batches_per_rank, optimizer_steps
+from launcher.data.sampling import TrainBatchSampler, batches_per_rank, optimizer_steps
 
 
 def test_no_decay_groups_by_module_type():
@@ -80,7 +80,7 @@ def test_sampler_shards_cover_every_example_with_equal_counts():
 
 def _fit_single_rank(tiny_bert, tmp_path, n, world, batch, acc, epochs, sched):
     from launcher.tasks import get_task
-    from launcher.train import build_loaders
+    from launcher.training.loop import build_loaders
 
     files = {"train": write_csv(str(tmp_path / f"t{n}.csv"), sentiment_rows(n, seed=n)),
              "validation": write_csv(str(tmp_path / "v.csv"), sentiment_rows(6, seed=99))}

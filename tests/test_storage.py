@@ -91,7 +91,7 @@ def _run_with_bucket(s3, command: str, cfg_dict: dict, tmp_path) -> subprocess.C
 @pytest.mark.slow
 def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp_path, sentiment_files):
     """Checkpoints and the exported model land in the bucket; `launcher predict` reads the model from there."""
-    from launcher import plan
+    from launcher.commands import plan as plan_cmd
     from launcher.config import to_dict
 
     out = str(tmp_path / "out")
@@ -115,7 +115,7 @@ def test_training_with_s3_storage_and_predict_from_the_bucket(s3, tiny_bert, tmp
     assert sorted(best) == sorted(os.listdir(os.path.join(out, "best")))
 
     # plan's step count is what the run did.
-    assert plan.build(cfg)["steps"]["optimizer_steps_total"] == results["global_step"]
+    assert plan_cmd.build(cfg)["steps"]["optimizer_steps_total"] == results["global_step"]
 
     inputs = write_csv(str(tmp_path / "in.csv"), [{"text": r["text"]} for r in sentiment_rows(5, seed=9)])
     pred = str(tmp_path / "pred.jsonl")

@@ -131,9 +131,9 @@ def ner_files(tmp_path):
 
 
 def prepare(cfg):
-    from launcher import train
+    from launcher.training import prepare as prepare_lib
 
-    return train.prepare(cfg)
+    return prepare_lib.prepare(cfg)
 
 
 def test_data_errors_name_file_and_row(tmp_path, tiny_bert, ner_files):
@@ -227,8 +227,8 @@ def test_exported_folder_evaluates_like_the_module(tmp_path, tiny_bert, ner_file
 def test_ray_run_exports_a_tagger(tmp_path, ray_session):
     from transformers import pipeline
 
-    from launcher import train
-    from launcher.data import optimizer_steps
+    from launcher.commands import train as train_cmd
+    from launcher.data.sampling import optimizer_steps
 
     model = make_tiny_bert(str(tmp_path / "bert"))
     train_rows, val_rows = ner_rows(40, 11), ner_rows(13, 12)
@@ -236,7 +236,7 @@ def test_ray_run_exports_a_tagger(tmp_path, ray_session):
              "validation": write_jsonl(str(tmp_path / "val.jsonl"), val_rows)}
     cfg = base_config(model, files, str(tmp_path / "out"), task="token-classification",
                       train={"max_epochs": 2, "accumulate_grad_batches": 2})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     assert results["monitor"] == "val_f1"
     last = results["epochs"][-1]

@@ -12,9 +12,11 @@ import torch
 
 from conftest import base_config
 
-from launcher import distributed, train
+from launcher.distributed import cluster
+from launcher.distributed import trainer as trainer_lib
+from launcher.commands import train as train_cmd
 from launcher.config import ConfigError, validate
-from launcher.xla import FixedShapeCollator, bucket_for, length_buckets
+from launcher.distributed.xla.shapes import FixedShapeCollator, bucket_for, length_buckets
 
 HAS_XLA = importlib.util.find_spec("torch_xla") is not None
 
@@ -96,33 +98,33 @@ def test_tpu_precision_choices(tmp_path, tiny_bert, sentiment_files):
 def test_tpu_workers_reserve_a_whole_host_each_and_spread(tmp_path, monkeypatch):
     monkeypatch.delenv("PJRT_DEVICE", raising=False)
     cfg = tpu_cfg(tmp_path, num_workers=2, tpus_per_worker=4)
-    assert distributed.worker_resources(cfg)["TPU"] == 4.0
-    assert distributed.placement_strategy(cfg) == "STRICT_SPREAD"
+    assert trainer_lib.worker_resources(cfg)["TPU"] == 4.0
+    assert trainer_lib.placement_strategy(cfg) == "STRICT_SPREAD"
     cfg.ray.num_workers = 1
-    assert distributed.placement_strategy(cfg) == cfg.ray.placement_strategy
+    assert trainer_lib.placement_strategy(cfg) == cfg.ray.placement_strategy
     # The CPU lane asks for no TPU resources: the workers run XLA on CPU.
     monkeypatch.setenv("PJRT_DEVICE", "CPU")
-    assert "TPU" not in distributed.worker_resources(cfg)
+    assert "TPU" not in trainer_lib.worker_resources(cfg)
 
 
 def test_no_tpus_fails_with_what_the_cluster_has(tmp_path, monkeypatch):
     monkeypatch.delenv("PJRT_DEVICE", raising=False)
     cfg = tpu_cfg(tmp_path, num_workers=1)
     with pytest.raises(ConfigError, match=r"ray.accelerator.*has 0 TPU chips.*CPU=8") as e:
-        distributed._check_tpus(cfg, {"CPU": 8.0, "memory": 1e10}, hosts=[0.0], scalable=[])
+        cluster._check_tpus(cfg, {"CPU": 8.0, "memory": 1e10}, hosts=[0.0], scalable=[])
     assert "--ray.accelerator cpu" in str(e.value)
     # Two workers need two hosts with 4 free chips each; one v4-8 host is not enough.
     cfg.ray.num_workers = 2
     with pytest.raises(ConfigError, match="chips per host: 4"):
-        distributed._check_tpus(cfg, {"CPU": 240.0, "TPU": 4.0}, hosts=[4.0, 0.0], scalable=[])
-    distributed._check_tpus(cfg, {"CPU": 480.0, "TPU": 8.0}, hosts=[4.0, 4.0, 0.0], scalable=[])
+        cluster._check_tpus(cfg, {"CPU": 240.0, "TPU": 4.0}, hosts=[4.0, 0.0], scalable=[])
+    cluster._check_tpus(cfg, {"CPU": 480.0, "TPU": 8.0}, hosts=[4.0, 4.0, 0.0], scalable=[])
     # An autoscaling cluster that starts without TPUs passes when its TPU node type can supply them.
-    distributed._check_tpus(cfg, {"CPU": 8.0}, hosts=[0.0], scalable=[4.0, 4.0])
+    cluster._check_tpus(cfg, {"CPU": 8.0}, hosts=[0.0], scalable=[4.0, 4.0])
     with pytest.raises(ConfigError, match="the autoscaler can add 1 TPU host"):
-        distributed._check_tpus(cfg, {"CPU": 8.0}, hosts=[0.0], scalable=[4.0])
+        cluster._check_tpus(cfg, {"CPU": 8.0}, hosts=[0.0], scalable=[4.0])
     cfg.ray.tpus_per_worker = 8
     with pytest.raises(ConfigError, match="8 TPU chips"):
-        distributed._check_tpus(cfg, {"CPU": 480.0, "TPU": 8.0}, hosts=[4.0, 4.0], scalable=[])
+        cluster._check_tpus(cfg, {"CPU": 480.0, "TPU": 8.0}, hosts=[4.0, 4.0], scalable=[])
 
 
 @pytest.mark.skipif(HAS_XLA, reason="needs an environment without torch-xla")
@@ -130,7 +132,7 @@ def test_cpu_lane_without_torch_xla_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setenv("PJRT_DEVICE", "CPU")
     cfg = tpu_cfg(tmp_path)
     with pytest.raises(ConfigError, match=r"torch-xla.*launcher\[tpu\]"):
-        distributed._check_tpus(cfg, {"CPU": 2.0})
+        cluster._check_tpus(cfg, {"CPU": 2.0})
 
 
 @pytest.mark.ray
@@ -138,7 +140,7 @@ def test_train_on_a_cluster_without_tpus_stops_before_training(ray_session, tiny
     monkeypatch.delenv("PJRT_DEVICE", raising=False)
     cfg = base_config(tiny_bert, sentiment_files, str(tmp_path / "o"), ray={"accelerator": "tpu", "num_workers": 1})
     with pytest.raises(ConfigError, match=r"has 0 TPU chips.*CPU=2"):
-        train.run(cfg)
+        train_cmd.run(cfg)
     assert not (tmp_path / "o" / "results.json").exists()
 
 
@@ -148,7 +150,7 @@ def test_bucketing_turns_many_batch_shapes_into_few(tiny_bert):
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
     from conftest import sentiment_rows
-    from launcher.tasks.base import PadCollator
+    from launcher.tasks.core import PadCollator
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     rows = [dict(tok(r["text"], truncation=True, max_length=32), labels=i % 2)

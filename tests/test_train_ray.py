@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from conftest import base_config, run_cli, sentiment_rows, write_csv
-from launcher.data import optimizer_steps
+from launcher.data.sampling import optimizer_steps
 
 pytestmark = pytest.mark.ray
 
 
 def test_sequence_classification_two_workers_with_accumulation(ray_session, tiny_bert, sentiment_files, tmp_path):
-    from launcher import train
+    from launcher.commands import train as train_cmd
 
     out = str(tmp_path / "run")
     cfg = base_config(tiny_bert, sentiment_files, out, train={"max_epochs": 3})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     expected = optimizer_steps(240, world=2, batch_size=4, accumulation=2, epochs=3)
     assert results["global_step"] == expected == 45
@@ -71,7 +71,7 @@ def _final_weights(out: str) -> dict:
 
 def test_accumulation_and_workers_give_the_same_parameters(ray_session, tiny_bert, tmp_path):
     """1 x 16 == 1 worker x 8 x accumulation 2 == 2 workers x 4 x accumulation 2 (dropout off)."""
-    from launcher import train
+    from launcher.commands import train as train_cmd
 
     files = {"train": write_csv(str(tmp_path / "train.csv"), sentiment_rows(64, seed=5)),
              "validation": write_csv(str(tmp_path / "val.csv"), sentiment_rows(8, seed=6))}
@@ -82,7 +82,7 @@ def test_accumulation_and_workers_give_the_same_parameters(ray_session, tiny_ber
                                                         "group_by_length": False},
                           ray={"num_workers": workers, "cpus_per_worker": 1.0 if workers == 1 else 0.5},
                           optim={"lr": 1e-3}, checkpoint={"num_to_keep": 1})
-        results = train.run(cfg)
+        results = train_cmd.run(cfg)
         assert results["global_step"] == 4
         runs[name] = _final_weights(out)
     ref = runs["ref"]

@@ -18,7 +18,11 @@ import time
 import pytest
 
 from conftest import base_config, run_cli, sentiment_rows, write_csv
-from launcher import tune
+from launcher.commands import tune as tune_cmd
+from launcher.search import report as report_lib
+from launcher.search import space as space_lib
+from launcher.search import trials as trials_lib
+from launcher.training.scoring import best_row
 from launcher.config import Config, ConfigError
 
 
@@ -33,10 +37,10 @@ def _cfg(**space) -> Config:
 
 
 def test_default_space_is_lr_warmup_and_schedule():
-    dims = tune.parse_space(_cfg())
+    dims = space_lib.parse_space(_cfg())
     assert [(d.key, d.kind) for d in dims] == [("optim.lr", "loguniform"), ("scheduler.warmup_ratio", "uniform"),
                                                ("scheduler.name", "choice")]
-    tune.validate_search(_cfg(), dims)  # the default space itself is valid
+    space_lib.validate_search(_cfg(), dims)  # the default space itself is valid
 
 
 @pytest.mark.parametrize("space, message", [
@@ -59,7 +63,7 @@ def test_search_space_errors_name_the_key_and_the_fix(space, message):
     cfg = _cfg(**{})
     cfg.tune.search_space = space
     with pytest.raises(ConfigError) as e:
-        tune.validate_search(cfg, tune.parse_space(cfg))
+        space_lib.validate_search(cfg, space_lib.parse_space(cfg))
     assert message in str(e.value)
 
 
@@ -68,23 +72,23 @@ def test_joint_samples_are_validated_too():
     cfg = _cfg(**{"optim.lr": {"loguniform": [1e-5, 1e-3]}, "scheduler.name": {"choice": ["polynomial"]}})
     cfg.scheduler.lr_end = 1e-4
     with pytest.raises(ConfigError, match=r"scheduler.lr_end: must be >= 0 and below optim.lr"):
-        tune.validate_search(cfg, tune.parse_space(cfg))
+        space_lib.validate_search(cfg, space_lib.parse_space(cfg))
 
 
 def test_search_settings_are_checked():
     cfg = _cfg(**{"optim.lr": {"loguniform": [1e-5, 1e-4]}})
     cfg.tune.search_alg = "grid"
     with pytest.raises(ConfigError, match="grid search needs listed values, but optim.lr is a range"):
-        tune.validate_search(cfg, tune.parse_space(cfg))
+        space_lib.validate_search(cfg, space_lib.parse_space(cfg))
     cfg.tune.search_space = {"optim.lr": {"grid": [1e-5, 1e-4]}, "scheduler.name": {"choice": ["linear", "cosine"]}}
-    tune.validate_search(cfg, tune.parse_space(cfg))  # listed values (numbers or not) make a grid
+    space_lib.validate_search(cfg, space_lib.parse_space(cfg))  # listed values (numbers or not) make a grid
     cfg.tune.search_space = {"optim.lr": {"loguniform": [1e-5, 1e-4]}}
     cfg.tune.search_alg, cfg.tune.scheduler, cfg.tune.num_samples = "random", "pbt", 1
     with pytest.raises(ConfigError, match="pbt needs at least 2 trials"):
-        tune.validate_search(cfg, tune.parse_space(cfg))
+        space_lib.validate_search(cfg, space_lib.parse_space(cfg))
     cfg.tune.num_samples, cfg.tune.quantile_fraction = 4, 0.7
     with pytest.raises(ConfigError, match=r"tune.quantile_fraction: must be in \(0, 0.5\]"):
-        tune.validate_search(cfg, tune.parse_space(cfg))
+        space_lib.validate_search(cfg, space_lib.parse_space(cfg))
 
 
 def test_optuna_missing_names_the_extra():
@@ -94,14 +98,14 @@ def test_optuna_missing_names_the_extra():
         cfg = _cfg()
         cfg.tune.search_alg = "optuna"
         with pytest.raises(ConfigError, match=r"pip install 'launcher\[optuna\]'"):
-            tune.validate_search(cfg, tune.parse_space(cfg))
+            space_lib.validate_search(cfg, space_lib.parse_space(cfg))
     else:
         pytest.skip("optuna is installed")
 
 
 def test_apply_params_sets_typed_values_on_a_copy():
     cfg = _cfg()
-    out = tune.apply_params(cfg, {"optim.lr": 3e-5, "train.batch_size": 32.0, "scheduler.name": "cosine",
+    out = space_lib.apply_params(cfg, {"optim.lr": 3e-5, "train.batch_size": 32.0, "scheduler.name": "cosine",
                                   "train.gradient_clip_val": None})
     assert (out.optim.lr, out.train.batch_size, out.scheduler.name, out.train.gradient_clip_val) == (3e-5, 32, "cosine", None)
     assert isinstance(out.train.batch_size, int) and cfg.optim.lr == 5e-5  # the base config is untouched
@@ -109,11 +113,11 @@ def test_apply_params_sets_typed_values_on_a_copy():
 
 def test_metric_defaults_to_the_tasks_monitor():
     cfg = _cfg()
-    assert tune.resolve_metric(cfg) == ("val_accuracy", "max")
+    assert space_lib.resolve_metric(cfg) == ("val_accuracy", "max")
     cfg.checkpoint.monitor = "val_loss"
-    assert tune.resolve_metric(cfg) == ("val_loss", "min")
+    assert space_lib.resolve_metric(cfg) == ("val_loss", "min")
     cfg.tune.metric, cfg.tune.mode = "val_f1", "max"
-    assert tune.resolve_metric(cfg) == ("val_f1", "max")
+    assert space_lib.resolve_metric(cfg) == ("val_f1", "max")
 
 
 # ====================================================================== best selection (no Ray)
@@ -130,43 +134,43 @@ def test_select_best_takes_a_mid_run_peak_across_all_trials():
         "b": _history([0.65, 0.91, 0.50], "b"),   # peaks mid-run, then overfits
         "c": _history([0.55, float("nan")], "c"),  # diverged
     }
-    trial, row = tune.select_best(histories, "val_accuracy", "max")
+    trial, row = trials_lib.select_best(histories, "val_accuracy", "max")
     assert (trial, row["epoch"], row["val_accuracy"]) == ("b", 2.0, 0.91)
     # Its checkpoint is gone: the next best epoch that still has one wins.
-    trial, row = tune.select_best(histories, "val_accuracy", "max", usable=lambda r: r["checkpoint_path"] != "/b/ckpt2")
+    trial, row = trials_lib.select_best(histories, "val_accuracy", "max", usable=lambda r: r["checkpoint_path"] != "/b/ckpt2")
     assert (trial, row["epoch"]) == ("a", 3.0)
 
 
 def test_select_best_min_mode_ties_and_empty():
     histories = {"a": [{"epoch": 1.0, "val_loss": 0.4}, {"epoch": 2.0, "val_loss": 0.3}, {"epoch": 3.0, "val_loss": 0.3}],
                  "b": [{"epoch": 1.0, "val_loss": 0.35}]}
-    trial, row = tune.select_best(histories, "val_loss", "min")
+    trial, row = trials_lib.select_best(histories, "val_loss", "min")
     assert (trial, row["epoch"]) == ("a", 3.0)  # ties: the later epoch, as Ray's top-k keeps it
-    assert tune.select_best({"a": [{"epoch": 1.0, "val_loss": float("nan")}], "b": []}, "val_loss", "min") is None
+    assert trials_lib.select_best({"a": [{"epoch": 1.0, "val_loss": float("nan")}], "b": []}, "val_loss", "min") is None
 
 
 def test_trials_table_and_plot(tmp_path):
-    dims = tune.parse_space(_cfg())
+    dims = space_lib.parse_space(_cfg())
     trials = [
-        tune.TrialSummary("t0", "finished", "", {"optim.lr": 1e-4, "scheduler.warmup_ratio": 0.1, "scheduler.name": "cosine"},
+        trials_lib.TrialSummary("t0", "finished", "", {"optim.lr": 1e-4, "scheduler.warmup_ratio": 0.1, "scheduler.name": "cosine"},
                           _history([0.6, 0.8, 0.7], "t0"), None, None, 12.3),
-        tune.TrialSummary("t1", "stopped early", "", {"optim.lr": 2e-5, "scheduler.warmup_ratio": 0.0, "scheduler.name": "linear"},
+        trials_lib.TrialSummary("t1", "stopped early", "", {"optim.lr": 2e-5, "scheduler.warmup_ratio": 0.0, "scheduler.name": "linear"},
                           _history([0.5], "t1"), None, None, 4.0),
-        tune.TrialSummary("t2", "failed", "NonFiniteLoss: loss is nan at step 3", {"optim.lr": 1.9e-4, "scheduler.warmup_ratio": 0.2,
+        trials_lib.TrialSummary("t2", "failed", "NonFiniteLoss: loss is nan at step 3", {"optim.lr": 1.9e-4, "scheduler.warmup_ratio": 0.2,
                           "scheduler.name": "polynomial"}, [], None, None, 2.0),
     ]
     for t in trials:
-        t.best, t.last = tune.trial_best(t.history, "val_accuracy", "max"), (t.history or [None])[-1]
-    rows = tune.trials_table(trials, [d.key for d in dims], "val_accuracy")
+        t.best, t.last = best_row(t.history, "val_accuracy", "max"), (t.history or [None])[-1]
+    rows = report_lib.trials_table(trials, [d.key for d in dims], "val_accuracy")
     assert list(rows[0]) == ["trial_id", "status", "error", "optim.lr", "scheduler.warmup_ratio", "scheduler.name",
                              "best_val_accuracy", "best_epoch", "last_val_accuracy", "epochs_run", "wall_time_s"]
     assert rows[0]["best_val_accuracy"] == 0.8 and rows[0]["best_epoch"] == 2.0 and rows[0]["last_val_accuracy"] == 0.7
     assert rows[2]["status"] == "failed" and rows[2]["best_val_accuracy"] is None and rows[2]["epochs_run"] == 0
-    tune.write_csv(str(tmp_path / "trials.csv"), rows)
+    report_lib.write_csv(str(tmp_path / "trials.csv"), rows)
     with open(tmp_path / "trials.csv") as f:
         back = list(csv.DictReader(f))
     assert back[2]["error"] == "NonFiniteLoss: loss is nan at step 3" and back[1]["status"] == "stopped early"
-    png = tune.plot_search(str(tmp_path / "search.png"), trials, dims, "val_accuracy", "max", best_trial="t0")
+    png = report_lib.plot_search(str(tmp_path / "search.png"), trials, dims, "val_accuracy", "max", best_trial="t0")
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -175,7 +179,7 @@ def test_trials_table_and_plot(tmp_path):
 
 
 def test_pbt_explore_stays_in_range():
-    from launcher.tune_ray import clip_to_bounds
+    from launcher.search.tuner import clip_to_bounds
 
     cfg = {"optim.lr": 3e-4, "scheduler.warmup_ratio": -0.01, "train.batch_size": 40.2, "scheduler.name": "cosine"}
     out = clip_to_bounds(cfg, {"optim.lr": (1e-5, 2e-4), "scheduler.warmup_ratio": (0.0, 0.2), "train.batch_size": (8, 32)})
@@ -188,7 +192,7 @@ def test_use_trial_hyperparameters_after_a_copied_checkpoint():
     from types import SimpleNamespace
 
     from launcher import optim as optim_lib
-    from launcher.tune_worker import UseTrialHyperparameters
+    from launcher.training.hyperparams import UseTrialHyperparameters
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     theirs = _cfg()
@@ -198,7 +202,7 @@ def test_use_trial_hyperparameters_after_a_copied_checkpoint():
     for _ in range(30):
         opt.step()
         sched.step()
-    mine = tune.apply_params(theirs, {"optim.lr": 4e-4, "optim.weight_decay": 0.0})
+    mine = space_lib.apply_params(theirs, {"optim.lr": 4e-4, "optim.weight_decay": 0.0})
     # What Lightning leaves after restoring: their state, with this trial's schedule shape (same here).
     trainer = SimpleNamespace(optimizers=[opt], lr_scheduler_configs=[SimpleNamespace(scheduler=sched)])
     UseTrialHyperparameters().on_train_start(trainer, SimpleNamespace(model=model, cfg=mine))
@@ -212,8 +216,8 @@ def test_use_trial_hyperparameters_after_a_copied_checkpoint():
 
 
 def test_error_line_finds_the_cause():
-    from launcher.callbacks import NonFiniteLoss
-    from launcher.tune_ray import error_line
+    from launcher.errors import NonFiniteLoss
+    from launcher.search.trial import error_line
 
     assert error_line(NonFiniteLoss("loss is nan at step 3 (epoch 1, batch 4): lower optim.lr")).startswith(
         "NonFiniteLoss: loss is nan at step 3")
@@ -277,14 +281,14 @@ def test_asha_search_exports_the_best_epoch_of_all_trials(ray_session, tiny_bert
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test callback travels to the workers
-    from launcher import tune_ray
+    from launcher.search import trials as trials_lib
 
     out = str(tmp_path / "search")
     # Grid order decides the story: two learners run first (2 at a time), then a learner that is
     # too slow to keep (ASHA stops it at the first rung) next to one whose loss explodes.
     cfg = _search_config(tiny_bert, tmp_path, out, search_alg="grid", num_samples=1, max_concurrent_trials=2,
                          metric="val_loss", mode="min", search_space={"optim.lr": {"grid": [5e-3, 8e-3, 1e-7, 1e30]}})
-    result = tune.run(cfg, trial_callbacks=[_flip_before_last_validation()])
+    result = tune_cmd.run(cfg, trial_callbacks=[_flip_before_last_validation()])
     assert "[launcher tune]" in capfd.readouterr().err  # the live trial table
 
     rows = {float(r["optim.lr"]): r for r in result.trials}
@@ -315,19 +319,19 @@ def test_asha_search_exports_the_best_epoch_of_all_trials(ray_session, tiny_bert
     assert best["search"]["stopped early"] == sum(r["status"] == "stopped early" for r in table) >= 1
 
     # Re-scoring the export on the validation data gives the reported value (not the flipped last epoch).
-    from launcher import evaluate
+    from launcher.commands import evaluate as evaluate_cmd
 
     capfd.readouterr()
-    assert evaluate.main([os.path.join(out, "config.yaml"), "--model", os.path.join(out, "best"), "--split", "validation"]) == 0
+    assert evaluate_cmd.main([os.path.join(out, "config.yaml"), "--model", os.path.join(out, "best"), "--split", "validation"]) == 0
     scored = json.loads(capfd.readouterr().out)
     assert scored["val_loss"] == pytest.approx(best["value"], rel=1e-5) and scored["val_accuracy"] >= 0.9
 
     # Checkpoint hygiene: stopped and failed trials keep nothing unless they hold the best; finished ones their top-1.
-    settings = tune_ray.Settings(metric="val_loss", mode="min", keys=[], output_dir=out,
+    settings = trials_lib.Settings(metric="val_loss", mode="min", keys=[], output_dir=out,
                                  train_storage=os.path.join(out, "ray", "tune-trials"))
-    assert best["checkpoint"] in tune_ray.trial_checkpoints(settings, best["trial_id"])
+    assert best["checkpoint"] in trials_lib.trial_checkpoints(settings, best["trial_id"])
     for r in result.trials:
-        kept = tune_ray.trial_checkpoints(settings, r["trial_id"])
+        kept = trials_lib.trial_checkpoints(settings, r["trial_id"])
         if r["status"] == "finished":
             assert 1 <= len(kept) <= 2, kept  # its top-1 and Ray's latest
         else:
@@ -344,7 +348,7 @@ def test_pbt_copies_good_trials_into_poor_ones(ray_session, tiny_bert, tmp_path)
     cfg = _search_config(tiny_bert, tmp_path, out, train_rows=128, scheduler="pbt", num_samples=3, max_concurrent_trials=3,
                          seed=3, quantile_fraction=0.34, search_space={"optim.lr": {"loguniform": [1e-5, 1e-2]},
                                                                       "scheduler.warmup_ratio": {"uniform": [0.05, 0.2]}})
-    result = tune.run(cfg)
+    result = tune_cmd.run(cfg)
     copied = [r for r in result.trials if r.get("copied_from")]
     assert copied, result.trials  # at least one trial continued from another trial's checkpoint
     ids = {r["trial_id"] for r in result.trials}

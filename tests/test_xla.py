@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -25,8 +24,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 from conftest import base_config, run_cli, sentiment_rows, write_csv  # noqa: E402
 
-from launcher import train  # noqa: E402
-from launcher.data import optimizer_steps_per_epoch  # noqa: E402
+from launcher.commands import train as train_cmd  # noqa: E402
+from launcher.data.sampling import optimizer_steps_per_epoch  # noqa: E402
 
 pytestmark = [pytest.mark.xla, pytest.mark.timeout(1500)]
 
@@ -74,7 +73,7 @@ def test_one_worker_steps_compile_count_export_and_resume(ray_session, tiny_bert
     cfg = tpu_config(tiny_bert, files, out, train={"max_epochs": 3, "batch_size": 8, "accumulate_grad_batches": 2,
                                                    "group_by_length": False},
                      ray={"num_workers": 1, "cpus_per_worker": 1})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
 
     steps = optimizer_steps_per_epoch(120, 1, 8, 2)  # 15 batches -> 8 optimizer steps (the last one after 1 batch)
     assert steps == 8 and results["global_step"] == 3 * steps
@@ -108,7 +107,7 @@ def test_one_worker_steps_compile_count_export_and_resume(ray_session, tiny_bert
 
     # Resume: the same output_dir with one more epoch continues from the last checkpoint.
     cfg.train.max_epochs = 4
-    resumed = train.run(cfg, resume=True)
+    resumed = train_cmd.run(cfg, resume=True)
     assert resumed["global_step"] == 4 * steps
     assert resumed["epochs"][-1]["epoch"] == 4.0 and resumed["epochs_completed"] == 4
 
@@ -121,7 +120,7 @@ def test_two_workers_stay_identical_bf16_mixed(ray_session, tiny_bert, tmp_path)
     cfg = tpu_config(tiny_bert, files, out, train={"max_epochs": 2, "batch_size": 8, "accumulate_grad_batches": 2,
                                                    "precision": "bf16-mixed"},
                      ray={"num_workers": 2, "cpus_per_worker": 0.5})
-    results = train.run(cfg)
+    results = train_cmd.run(cfg)
     assert results["global_step"] == 2 * optimizer_steps_per_epoch(60, 2, 8, 2)
     rows = logged_epochs(out)
     assert len(rows) == 2

@@ -1,17 +1,21 @@
 """Task registry: task name → "module:Class". One file per task; adding a task is one file + one line.
 
-Kept as strings so that `launcher --help` and config validation import nothing heavy.
+Kept as strings so that `launcher --help` and config validation import nothing heavy. A config may
+also name its own Task subclass by import path (`task: my_pkg.my_task:MyTask`, docs/custom-tasks.md).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+
+from launcher.errors import ConfigError
 
 TASKS: dict[str, str] = {
     "sequence-classification": "launcher.tasks.sequence_classification:SequenceClassification",
     "token-classification": "launcher.tasks.token_classification:TokenClassification",
     "question-answering": "launcher.tasks.question_answering:QuestionAnswering",
-    "base": "launcher.tasks.base_head:BaseTask",
+    "base": "launcher.tasks.base:BaseTask",
     "language-modeling": "launcher.tasks.language_modeling:LanguageModeling",
     "pretraining": "launcher.tasks.pretraining:Pretraining",
     "summarization": "launcher.tasks.summarization:Summarization",
@@ -19,7 +23,36 @@ TASKS: dict[str, str] = {
 }
 
 
+def is_user_task(name: str) -> bool:
+    """`package.module:Class` names a user's own Task subclass."""
+    return ":" in name
+
+
+def check_name(name: str) -> None:
+    """A built-in task name or an import path; cheap (imports nothing)."""
+    if name in TASKS or is_user_task(name):
+        return
+    close = difflib.get_close_matches(name, list(TASKS), n=1)
+    raise ConfigError("task", f"unknown task {name!r}", (f"did you mean {close[0]}? " if close else "")
+                      + "choose one of: " + ", ".join(sorted(TASKS)) + ", or your own Task class as package.module:Class")
+
+
 def get_task(name: str):
-    """The Task class registered under `name`."""
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The Task class of a built-in task name or of a user's `package.module:Class`."""
+    check_name(name)
+    if name in TASKS:
+        module, cls = TASKS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    from launcher.resolve import import_object
+    from launcher.tasks.core import Task  # lazy: imports torch and Lightning
+
+    return import_object(name, "task", base=Task, example="e.g. task: my_pkg.my_task:MyTask")
+
+
+def __getattr__(name: str):
+    # `from launcher.tasks import Task, TaskModule`: the public bases, imported on first use (torch, Lightning).
+    if name in ("Task", "TaskModule", "PadCollator"):
+        from launcher.tasks import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'launcher.tasks' has no attribute {name!r}")

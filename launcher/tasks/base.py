@@ -1,320 +1,302 @@
-"""What every task shares: the Task (driver-side data and model plumbing) and TaskModule (Lightning).
+"""base: an AutoModel backbone plus your own head and objective, given by import path.
 
-A task file subclasses both once (inheritance at most one level deep) and fills in: how to read and
-check its data, how to tokenise it, which AutoModel class to build, how to collate, which metrics to
-compute, and how to predict with an exported model.
+Config:
+    task: base
+    task_options:
+      head: launcher.tasks.base:MeanPoolClassifier   # "package.module:Class"
+      head_args: {dropout: 0.1}                 # keyword arguments of the head's constructor
+
+Head protocol (a plain torch.nn.Module class):
+    - constructed as `Head(backbone_config, **head_args)`; when its constructor takes `num_labels` and
+      head_args does not set it, the number of classes in `data.label_column` is passed;
+    - called as `head(backbone_outputs, batch) -> dict` with "loss" (a scalar tensor, required while
+      training) and optionally "logits". `backbone_outputs` is what the AutoModel returns
+      (`last_hidden_state`, ...); `batch` holds the tokenised inputs and `labels` when the data has
+      `data.label_column` (strings and ints become class ids 0..k-1 in sorted order; floats and lists
+      are passed through unchanged);
+    - optionally `head.build_metrics() -> {name: torchmetrics.Metric}`; each metric is updated with
+      `(logits, labels)` on validation/test rows and logged as f"{stage}_{name}". val_loss is always
+      logged and is the default checkpoint monitor.
+
+The head module must be importable where the workers run: an installed package, or a module in the
+directory `launcher` is started from (Ray puts the driver's working directory on the workers' path
+on a local cluster; use `ray job submit --working-dir .` for remote clusters).
+
+Export (<output_dir>/best): the backbone as a `save_pretrained` folder (loads with `AutoModel` and
+`pipeline("feature-extraction")`), the head's weights in head.pt, and its import path and resolved
+arguments in launcher.json ("head", "head_args"). To load both in Python:
+
+    from launcher.tasks.base import load_exported
+    model = load_exported("runs/x/best")          # BackboneWithHead, in eval mode
+    out = model(**tokenizer(["some text"], return_tensors="pt"))   # out.logits, out.loss (None)
+
+or by hand: `backbone = AutoModel.from_pretrained(d)`; `head = Head(backbone.config, **info["head_args"])`;
+`head.load_state_dict(torch.load(f"{d}/head.pt"))`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
+import inspect
+import json
 import os
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from launcher import data as data_lib
-from launcher import optim as optim_lib
-from launcher.config import Config, ConfigError
+from launcher.data.files import check_no_empty, require_columns
+from launcher.errors import ConfigError, first_line
+from launcher.resolve import import_object
+from launcher.tasks.core import Task, TaskModule, load_model
+
+HEAD_WEIGHTS = "head.pt"
 
 
-@dataclasses.dataclass
-class NoOptions:
-    pass
+@dataclass
+class Options:
+    head: str = ""
+    """The head class as "package.module:Class" (e.g. launcher.tasks.base:MeanPoolClassifier). Required."""
+    head_args: dict = field(default_factory=dict)
+    """Keyword arguments for the head's constructor (after the backbone config)."""
 
 
-def parse_options(cls, given: dict, task: str):
-    """task_options dict → the task's Options dataclass, naming unknown keys and the closest valid one."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in given:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean task_options.{close[0]}?" if close else (
-                f"valid options for {task}: " + (", ".join(names) or "none"))
-            raise ConfigError(f"task_options.{key}", f"unknown option for task {task}", hint)
-    try:
-        return cls(**given)
-    except (TypeError, ValueError) as e:
-        raise ConfigError("task_options", str(e)) from None
+def load_head_class(path: str, key: str = "task_options.head") -> type:
+    """"package.module:Class" → the head class; every failure is a ConfigError naming `key`."""
+    example = "e.g. --task_options.head launcher.tasks.base:MeanPoolClassifier"
+    if not path:
+        raise ConfigError(key, "is required for task base", example)
+    return import_object(path, key, base=nn.Module, example=example)
 
 
-class Task:
-    """Driver-side half of a task. Subclasses set the class attributes and override the hooks."""
+class MeanPoolClassifier(nn.Module):
+    """An example head: mean of the backbone's last hidden states over real tokens → dropout → linear
+    → cross-entropy.
 
-    name: str = ""
-    default_monitor: str = "val_loss"
-    Options: type = NoOptions
-    auto_model: str = "AutoModel"  # transformers class name used to build the model
-    pipeline_task: Optional[str] = None  # transformers pipeline name for the exported folder
+    Args:
+        config: the backbone's config (its `hidden_size`, or `d_model`, sizes the classifier).
+        num_labels: number of classes; the base task fills it in from the label column when not given.
+        dropout: dropout on the pooled vector.
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.options = parse_options(self.Options, cfg.task_options or {}, self.name)
+    Labels are class ids (the base task maps string labels to ids in sorted order).
+    """
 
-    # ------------------------------------------------------------------ model and tokenizer
-    @property
-    def monitor(self) -> str:
-        return self.cfg.checkpoint.monitor or self.default_monitor
+    def __init__(self, config, num_labels: int = 2, dropout: float = 0.1):
+        super().__init__()
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model")
+        self.num_labels = num_labels
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_labels)
 
-    def model_config(self):
-        from transformers import AutoConfig
+    def forward(self, outputs, batch: dict) -> dict:
+        hidden = outputs.last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = F.cross_entropy(logits.float(), batch["labels"].long())
+        return out
 
-        m = self.cfg.model
-        check_model_path(m.name_or_path)
+    def build_metrics(self) -> dict:
+        import torchmetrics as tm
+
+        k = self.num_labels
+        return {"accuracy": tm.Accuracy(task="multiclass", num_classes=k),
+                "f1": tm.F1Score(task="multiclass", num_classes=k, average="macro")}
+
+
+@dataclass
+class HeadOutput:
+    """What BackboneWithHead returns: the head's loss and logits, the rest of its dict in `extras`."""
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    extras: dict = field(default_factory=dict)
+
+
+class BackboneWithHead(nn.Module):
+    """An AutoModel backbone and a user head behind one forward(**batch), saved as backbone folder + head.pt."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = backbone.config
+        self._backbone_inputs = set(inspect.signature(backbone.forward).parameters) - {"labels"}
+
+    def forward(self, **batch) -> HeadOutput:
+        outputs = self.backbone(**{k: v for k, v in batch.items() if k in self._backbone_inputs})
+        out = self.head(outputs, batch)
+        if not isinstance(out, dict):
+            raise TypeError(f"{type(self.head).__name__} returned {type(out).__name__}; a head returns a dict with 'loss' (and optionally 'logits')")
+        if self.training and out.get("loss") is None:
+            raise ValueError(f"{type(self.head).__name__} returned no 'loss' while training (are labels in the batch? set data.label_column)")
+        return HeadOutput(loss=out.get("loss"), logits=out.get("logits"),
+                          extras={k: v for k, v in out.items() if k not in ("loss", "logits")})
+
+    def save_pretrained(self, path: str, **kwargs) -> None:
+        self.backbone.save_pretrained(path, **kwargs)
+        torch.save(self.head.state_dict(), os.path.join(path, HEAD_WEIGHTS))
+
+
+def load_exported(model_dir: str) -> BackboneWithHead:
+    """An exported base-task folder → BackboneWithHead with its trained head, in eval mode."""
+    from transformers import AutoModel
+
+    with open(os.path.join(model_dir, "launcher.json")) as f:
+        info = json.load(f)
+    cls = load_head_class(info["head"])
+    backbone = AutoModel.from_pretrained(model_dir)
+    head = cls(backbone.config, **info.get("head_args", {}))
+    head.load_state_dict(torch.load(os.path.join(model_dir, HEAD_WEIGHTS), map_location="cpu", weights_only=True))
+    return BackboneWithHead(backbone, head).eval()
+
+
+class BaseModule(TaskModule):
+    def build_metrics(self) -> nn.ModuleDict:
+        make = getattr(self.model.head, "build_metrics", None)
+        return nn.ModuleDict(dict(make()) if make is not None else {})
+
+    def update_metrics(self, metrics, batch, outputs, keep) -> None:
+        if not len(metrics) or outputs.logits is None or "labels" not in batch:
+            return
+        logits, labels = outputs.logits.detach()[keep], batch["labels"][keep]
+        if len(labels):
+            for m in metrics.values():
+                m.update(logits, labels)
+
+
+class BaseTask(Task):
+    name = "base"
+    default_monitor = "val_loss"
+    Options = Options
+    Module = BaseModule
+    auto_model = "AutoModel"
+    pipeline_task = "feature-extraction"
+    # A head may leave backbone parameters out of the loss (MeanPoolClassifier ignores BERT's pooler);
+    # DDP must then look for unused parameters each step instead of waiting for their gradients.
+    ddp_find_unused_parameters = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.head_cls = load_head_class(self.options.head)
+        if not isinstance(self.options.head_args, dict):
+            raise ConfigError("task_options.head_args", f"must be a mapping, got {self.options.head_args!r}", "e.g. {dropout: 0.1}")
+
+    # ------------------------------------------------------------------ model
+    def head_kwargs(self, meta: dict) -> dict:
+        kwargs = dict(self.options.head_args)
+        params = inspect.signature(self.head_cls.__init__).parameters
+        if meta.get("label_names") and "num_labels" in params and "num_labels" not in kwargs:
+            kwargs["num_labels"] = len(meta["label_names"])
+        return kwargs
+
+    def make_head(self, backbone_config, meta: dict) -> nn.Module:
         try:
-            kwargs = {"gguf_file": m.gguf_file} if m.gguf_file else {}
-            return AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code, revision=m.revision, **kwargs)
-        except (OSError, ValueError) as e:
-            raise ConfigError("model.name_or_path", f"cannot load a model config from {m.name_or_path}: {first_line(e)}",
-                              "point it at a folder made by save_pretrained (with config.json)") from None
-
-    def load_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        m = self.cfg.model
-        path = m.tokenizer or m.name_or_path
-        key = "model.tokenizer" if m.tokenizer else "model.name_or_path"
-        check_model_path(path, key)
-        gguf = m.gguf_file and not m.tokenizer
-        if os.path.isdir(path) and not gguf and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
-            # transformers would build an empty tokenizer (special tokens only) from config.json alone.
-            raise ConfigError(key, f"no tokenizer files in {path} (tokenizer.json, tokenizer_config.json, vocab.txt, ...)",
-                              "save the tokenizer into that folder (tokenizer.save_pretrained) or set model.tokenizer to a tokenizer folder")
-        try:
-            kwargs = {"gguf_file": m.gguf_file} if gguf else {}
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=m.trust_remote_code, revision=m.revision, **kwargs)
-        except (OSError, ValueError, TypeError) as e:
-            raise ConfigError(key, f"no usable tokenizer in {path}: {first_line(e)}",
-                              "save the tokenizer into that folder or set model.tokenizer to a tokenizer folder") from None
-        if isinstance(tok, bool) or not hasattr(tok, "__call__"):
-            raise ConfigError(key, f"no tokenizer in {path}", "set model.tokenizer to a tokenizer folder")
-        return tok
-
-    def check_max_length(self, model_config, length: int, key: str = "data.max_length") -> None:
-        limit = max_positions(model_config)
-        if limit and length > limit:
-            raise ConfigError(key, f"{length} is above the model's {limit} positions", f"use --{key} {limit} or less")
+            return self.head_cls(backbone_config, **self.head_kwargs(meta))
+        except TypeError as e:
+            raise ConfigError("task_options.head_args", f"{self.options.head}: {first_line(e)}",
+                              f"the head is built as {self.head_cls.__name__}(backbone_config, **head_args)") from None
 
     def build_model(self, meta: dict, pretrained: bool = True) -> nn.Module:
-        """The Hugging Face model; `pretrained=False` builds it from its config (export reloads weights)."""
         import transformers
 
-        auto = getattr(transformers, self.auto_model)
-        return load_model(auto, self.cfg, self.model_kwargs(meta), pretrained=pretrained)
+        backbone = load_model(transformers.AutoModel, self.cfg, {}, pretrained=pretrained)
+        head = self.make_head(backbone.config, meta)
+        weights = os.path.join(self.cfg.model.name_or_path, HEAD_WEIGHTS)
+        if pretrained and os.path.exists(weights) and self._same_head(self.cfg.model.name_or_path):
+            # Continuing from (or evaluating) an exported base folder: keep its trained head.
+            head.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return BackboneWithHead(backbone, head)
 
-    def model_kwargs(self, meta: dict) -> dict:
-        return {}
+    def _same_head(self, folder: str) -> bool:
+        try:
+            with open(os.path.join(folder, "launcher.json")) as f:
+                return json.load(f).get("head") == self.options.head
+        except (OSError, ValueError):
+            return False
 
-    # ------------------------------------------------------------------ data (driver)
-    def read(self, key: str, path: str):
-        return data_lib.read_file(key, path)
+    # ------------------------------------------------------------------ data
+    def check_split(self, split, path, ds) -> None:
+        d = self.cfg.data
+        key = f"data.{split}_file" if split != "predict" else "--input"
+        require_columns(key, path, ds, {"data.text_column": d.text_column, "data.text_pair_column": d.text_pair_column})
+        check_no_empty(path, ds, d.text_column, "data.text_column")
 
-    def load(self) -> dict:
-        splits = data_lib.load_splits(self.cfg, self.read)
+    def prepare(self, splits, tokenizer, meta=None):
+        d = self.cfg.data
+        has_labels = d.label_column in splits["train"].column_names
         for split, ds in splits.items():
-            self.check_split(split, data_lib.file_of(self.cfg, split), ds)
-        return splits
+            if has_labels and split != "train" and d.label_column not in ds.column_names:
+                raise ConfigError("data.label_column", f"column {d.label_column!r} is in the training data but not in data.{split}_file",
+                                  "give every split the same columns")
+        names = None
+        if meta is not None and meta.get("label_names"):
+            names = list(meta["label_names"])
+        elif has_labels:
+            values = splits["train"][d.label_column]
+            if all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+                names = [str(v) for v in sorted(set(values), key=lambda v: (isinstance(v, str), v))]
+        to_id = {n: i for i, n in enumerate(names)} if names else None
+        if to_id is not None:
+            for split in ("validation", "test"):
+                if split in splits and d.label_column in splits[split].column_names:
+                    unseen = sorted({str(v) for v in splits[split][d.label_column]} - set(to_id))
+                    if unseen:
+                        raise ConfigError(f"data.{split}_file", f"labels not seen in training: {', '.join(unseen[:5])}",
+                                          "add examples of them to the training data or drop those rows")
+        meta = {"label_names": names, "has_labels": has_labels}
+        # Fail on bad head_args here, before Ray starts.
+        self.make_head(self.model_config(), meta)
 
-    def check_split(self, split: str, path: str, ds) -> None:
-        """Raise ConfigError for missing columns / empty cells. Override per task."""
+        def encode(batch):
+            args = (batch[d.text_column],) if not d.text_pair_column else (batch[d.text_column], batch[d.text_pair_column])
+            out = tokenizer(*args, truncation=True, max_length=d.max_length)
+            if has_labels and d.label_column in batch:
+                values = batch[d.label_column]
+                out["labels"] = [to_id[str(v)] for v in values] if to_id is not None else values
+            return out
 
-    def prepare(self, splits: dict, tokenizer, meta: Optional[dict] = None) -> tuple[dict, dict]:
-        """Tokenise every split once. Returns (tokenised splits, meta shipped to the workers)."""
-        raise NotImplementedError
-
-    def lengths(self, ds) -> list[int]:
-        return [len(x) for x in ds["input_ids"]]
-
-    # ------------------------------------------------------------------ workers
-    def collator(self, tokenizer):
-        from transformers import DataCollatorWithPadding
-
-        return PadCollator(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None))
-
-    def module(self, meta: dict, tokenizer, model: Optional[nn.Module] = None) -> "TaskModule":
-        return self.Module(self, meta, tokenizer, model)
-
-    Module: type = None  # set by each task file to its TaskModule subclass
+        out = {split: ds.map(encode, batched=True, remove_columns=ds.column_names,
+                             num_proc=d.preprocessing_num_workers, desc=f"tokenizing {split}")
+               for split, ds in splits.items()}
+        return out, meta
 
     # ------------------------------------------------------------------ export / predict
-    def export_extras(self, meta: dict) -> dict:
-        """Extra keys saved beside the exported model (launcher.json)."""
-        return {}
+    def export_extras(self, meta):
+        return {"head": self.options.head, "head_args": self.head_kwargs(meta), "head_weights": HEAD_WEIGHTS}
 
-    def predict(self, model_dir: str, ds, options: dict) -> list[dict]:
-        raise NotImplementedError(f"launcher predict is not available for {self.name}")
+    @torch.no_grad()
+    def predict(self, model_dir, ds, options):
+        """{"text", "logits"} per row, plus "label" when the head classifies into the training labels."""
+        from transformers import AutoTokenizer, DataCollatorWithPadding
 
-
-class PadCollator:
-    """Wraps a Hugging Face collator: keeps `_pad`/`_index` (eval bookkeeping) out of its way."""
-
-    def __init__(self, inner, keep_columns: tuple[str, ...] = ()):
-        self.inner = inner
-        self.keep_columns = keep_columns
-
-    def __call__(self, rows: list[dict]) -> dict:
-        side = {k: [r.pop(k) for r in rows] for k in ("_pad", "_index", *self.keep_columns) if k in rows[0]}
-        batch = dict(self.inner(rows))
-        for k, v in side.items():
-            batch[k] = torch.tensor(v) if k in ("_pad", "_index") else v
-        return batch
-
-
-class TaskModule(pl.LightningModule):
-    """Lightning half of a task: loss and lr every step, metrics per validation/test epoch."""
-
-    #: batch keys that are not model inputs
-    side_keys: tuple[str, ...] = ("_pad", "_index")
-
-    def __init__(self, task: Task, meta: dict, tokenizer=None, model: Optional[nn.Module] = None):
-        super().__init__()
-        self.task = task
-        self.cfg = task.cfg
-        self.meta = meta
-        self.tokenizer = tokenizer
-        self.model = model if model is not None else task.build_model(meta)
-        # from_pretrained returns eval mode and Lightning 2.6 keeps submodule modes: train for real.
-        self.model.train()
-        import torchmetrics
-
-        self.metrics = nn.ModuleDict({stage: self.build_metrics() for stage in ("val", "test")})
-        self.losses = nn.ModuleDict({stage: torchmetrics.MeanMetric() for stage in ("val", "test")})
-
-    # ---------------------------------------------------------------- hooks for tasks
-    def build_metrics(self) -> nn.ModuleDict:
-        return nn.ModuleDict()
-
-    def update_metrics(self, metrics: nn.ModuleDict, batch: dict, outputs, keep: torch.Tensor) -> None:
-        pass
-
-    def compute_metrics(self, metrics: nn.ModuleDict, loss: float) -> dict[str, float]:
-        return {name: m.compute() for name, m in metrics.items()}
-
-    # ---------------------------------------------------------------- Lightning
-    def model_inputs(self, batch: dict) -> dict:
-        return {k: v for k, v in batch.items() if k not in self.side_keys}
-
-    def forward(self, **inputs):
-        return self.model(**inputs)
-
-    def training_step(self, batch: dict, batch_idx: int):
-        loss = self.model(**self.model_inputs(batch)).loss
-        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=False, batch_size=batch_size_of(batch))
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        pass
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # The lr the coming step uses; logged with the step, for every step.
-        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
-
-    def validation_step(self, batch: dict, batch_idx: int):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int):
-        self._eval_step(batch, "test")
-
-    def _eval_step(self, batch: dict, stage: str) -> None:
-        keep = batch["_pad"] == 0 if "_pad" in batch else torch.ones(batch_size_of(batch), dtype=torch.bool)
-        outputs = self.eval_forward(batch, stage)
-        n = self.eval_loss_weight(batch, outputs, keep)
-        if n and getattr(outputs, "loss", None) is not None:
-            self.losses[stage].update(outputs.loss.detach().float(), weight=n)
-        self.update_metrics(self.metrics[stage], batch, outputs, keep)
-
-    def eval_forward(self, batch: dict, stage: str):
-        return self.model(**self.model_inputs(batch))
-
-    def eval_loss_weight(self, batch: dict, outputs, keep: torch.Tensor) -> int:
-        """Weight of this batch's mean loss in the epoch's mean: its scored rows (token-level losses: their tokens)."""
-        return int(keep.sum())
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_stage("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_stage("test")
-
-    def _log_stage(self, stage: str) -> None:
-        # torchmetrics gathers states across ranks in compute(): values are global, no sync_dist needed.
-        loss = self.losses[stage].compute() if self.losses[stage].update_called else torch.tensor(float("nan"))
-        values = {"loss": loss}
-        values.update(self.compute_metrics(self.metrics[stage], float(loss)))
-        self.log_dict({f"{stage}_{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}, sync_dist=False)
-        self.losses[stage].reset()
-        for m in self.metrics[stage].values():
-            m.reset()
-
-    def configure_optimizers(self):
-        device_type = self.device.type if isinstance(self.device, torch.device) else "cpu"
-        optimizer = optim_lib.build_optimizer(self.model, self.cfg.optim, device_type)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = optim_lib.build_scheduler(optimizer, self.cfg.scheduler, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
-
-
-def batch_size_of(batch: dict) -> int:
-    for v in batch.values():
-        if isinstance(v, torch.Tensor) and v.ndim >= 1:
-            return int(v.shape[0])
-    return 1
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
-                   "sentencepiece.bpe.model", "merges.txt")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:240] if text else type(e).__name__
-
-
-def check_model_path(path: str, key: str = "model.name_or_path") -> None:
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path and not _looks_like_hub_id(path)
-    if looks_local and not os.path.exists(os.path.expanduser(path)):
-        raise ConfigError(key, f"model folder not found: {path}", "check the path (or give a hub id when online)")
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not os.path.exists(path)
-
-
-def max_positions(model_config) -> Optional[int]:
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(model_config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def load_model(auto_cls, cfg: Config, kwargs: dict, pretrained: bool = True) -> nn.Module:
-    """from_pretrained / from_config with the config's options (GGUF, trust_remote_code)."""
-    m = cfg.model
-    common = {"trust_remote_code": m.trust_remote_code}
-    if m.gguf_file:
-        common["gguf_file"] = m.gguf_file
-    if m.from_config or not pretrained:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(m.name_or_path, revision=m.revision, **common)
-        for k, v in kwargs.items():
-            setattr(config, k, v)
-        config.__dict__.pop("quantization_config", None)
-        return auto_cls.from_config(config, trust_remote_code=m.trust_remote_code)
-    model = auto_cls.from_pretrained(m.name_or_path, revision=m.revision, **common, **kwargs)
-    if m.gguf_file:
-        # A GGUF-loaded model is de-quantized float32 but still carries its quantizer, which makes
-        # save_pretrained refuse it; drop both so it saves as an ordinary safetensors folder.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.__dict__.pop("is_quantized", None)
-    return model
+        d = self.cfg.data
+        with open(os.path.join(model_dir, "launcher.json")) as f:
+            names = (json.load(f).get("meta") or {}).get("label_names")
+        model = load_exported(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        device = torch.device(f"cuda:{options['device']}" if options.get("device", -1) >= 0 else "cpu")
+        model.to(device)
+        pad = DataCollatorWithPadding(tokenizer)
+        # datasets 5 returns lazy Column objects; tokenizers want lists.
+        texts = list(ds[d.text_column])
+        pairs = list(ds[d.text_pair_column]) if d.text_pair_column else None
+        bs = int(options.get("batch_size", 32))
+        rows = []
+        for start in range(0, len(texts), bs):
+            chunk = texts[start : start + bs]
+            args = (chunk,) if pairs is None else (chunk, pairs[start : start + bs])
+            enc = tokenizer(*args, truncation=True, max_length=d.max_length)
+            batch = pad([{k: enc[k][i] for k in enc} for i in range(len(chunk))])
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+            if out.logits is None:
+                raise ConfigError("task_options.head", f"{type(model.head).__name__} returns no 'logits'", "return logits from the head to predict with it")
+            for text, logits in zip(chunk, out.logits.float().cpu()):
+                row: dict[str, Any] = {"text": text, "logits": logits.tolist()}
+                if names and logits.ndim == 1 and len(logits) == len(names):
+                    row["label"] = names[int(logits.argmax())]
+                rows.append(row)
+        return rows

@@ -21,10 +21,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from launcher import data as data_lib
-from launcher.config import ConfigError
-from launcher.data import require_columns
-from launcher.tasks.base import Task, TaskModule, first_line, max_positions
+from launcher.data import files as data_lib
+from launcher.errors import ConfigError
+from launcher.data.files import require_columns
+from launcher.errors import first_line
+from launcher.model_files import read_export_info
+from launcher.tasks.core import Task, TaskModule, max_positions
 
 OBJECTIVES = ("causal", "masked")
 #: `launcher predict --option` keys passed to `generate` (causal) besides batch_size/device
@@ -296,7 +298,7 @@ class LanguageModeling(Task):
     def build_model(self, meta, pretrained=True):
         import transformers
 
-        from launcher.tasks.base import load_model
+        from launcher.tasks.core import load_model
 
         auto = transformers.AutoModelForCausalLM if self.objective_of(meta) == "causal" else transformers.AutoModelForMaskedLM
         return load_model(auto, self.cfg, self.model_kwargs(meta), pretrained=pretrained)
@@ -306,9 +308,7 @@ class LanguageModeling(Task):
 
     # ---------------------------------------------------------------- predict
     def predict(self, model_dir, ds, options):
-        from launcher.evaluate import load_exported
-
-        info, _ = load_exported(model_dir)
+        info, _ = read_export_info(model_dir)
         # Lines of a .txt input keep their line break (see read_text); a prompt should not end with one.
         texts = [t.rstrip("\r\n") if isinstance(t, str) else t for t in ds[self.cfg.data.text_column]]
         if info["meta"]["objective"] == "causal":

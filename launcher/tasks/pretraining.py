@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from launcher import data as data_lib
-from launcher.config import ConfigError
-from launcher.data import require_columns
-from launcher.tasks.base import Task, TaskModule
+from launcher.data import files as data_lib
+from launcher.errors import ConfigError
+from launcher.data.files import require_columns
+from launcher.tasks.core import Task, TaskModule
 from launcher.tasks.language_modeling import LMCollator, block_size_for, encode_lm, fill_mask, perplexity, token_loss
 
 #: objective → (batch key of the pair label, metric prefix)

@@ -41,9 +41,9 @@ import torch
 import torchmetrics
 from torch import nn
 
-from launcher.config import ConfigError
-from launcher.data import check_no_empty, require_columns
-from launcher.tasks.base import PadCollator, Task, TaskModule
+from launcher.errors import ConfigError
+from launcher.data.files import check_no_empty, require_columns
+from launcher.tasks.core import PadCollator, Task, TaskModule
 
 #: eval-feature columns that are not model inputs
 SIDE_COLUMNS = ("example_id", "offset_mapping")
@@ -379,7 +379,7 @@ class QuestionAnswering(Task):
 
     def _check_room(self, ds, tokenizer, max_length: int, split: str) -> None:
         """Every window needs context tokens beyond the stride (the Rust tokenizer panics otherwise)."""
-        from launcher.data import file_of
+        from launcher.data.files import file_of
 
         o = self.options
         questions = [q.lstrip() for q in ds[o.question_column]]

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import nn
 
-from launcher.config import ConfigError
-from launcher.data import check_no_empty, require_columns
-from launcher.tasks.base import Task, TaskModule
+from launcher.errors import ConfigError
+from launcher.data.files import check_no_empty, require_columns
+from launcher.tasks.core import Task, TaskModule
 
 
 @dataclass

@@ -14,12 +14,12 @@ AutoModelForSeq2SeqLM/AutoTokenizer and its generation_config.json holds the bea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import nn
 
-from launcher.data import check_no_empty, require_columns
-from launcher.tasks import seq2seq
-from launcher.tasks.base import Task
+from launcher.data.files import check_no_empty, require_columns
+from launcher.tasks import _seq2seq as seq2seq
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
@@ -29,12 +29,10 @@ class Options(seq2seq.GenerationOptions):
     pass
 
 
-class Summarization(Task):
+class Summarization(seq2seq.Seq2SeqTask):
     name = "summarization"
     default_monitor = "val_rougeL"
     Options = Options
-    Module = seq2seq.Seq2SeqModule
-    auto_model = "AutoModelForSeq2SeqLM"
     text_metric_names = ROUGE_KEYS
 
     @property
@@ -42,8 +40,11 @@ class Summarization(Task):
         d = self.cfg.data
         return d.source_column or d.text_column, d.target_column or "summary"
 
-    def check_model(self, model_config, tokenizer) -> None:
-        seq2seq.check_seq2seq_model(self, model_config, tokenizer)
+    def sources(self, batch) -> list[str]:
+        return batch[self.columns[0]]
+
+    def targets(self, batch) -> Optional[list[str]]:
+        return batch.get(self.columns[1])
 
     def check_split(self, split, path, ds) -> None:
         src, tgt = self.columns
@@ -52,17 +53,6 @@ class Summarization(Task):
         check_no_empty(path, ds, src, key)
         if split != "predict":
             check_no_empty(path, ds, tgt, "data.target_column")
-
-    def prepare(self, splits, tokenizer, meta=None):
-        src, tgt = self.columns
-        out = seq2seq.encode_seq2seq(self, splits, tokenizer, lambda b: b[src], lambda b: b.get(tgt))
-        return out, meta if meta is not None else seq2seq.seq2seq_meta(self.model_config(), tokenizer)
-
-    def collator(self, tokenizer):
-        return seq2seq.seq2seq_collator(tokenizer)
-
-    def build_model(self, meta, pretrained=True):
-        return seq2seq.build_seq2seq_model(self, meta, pretrained)
 
     # ---------------------------------------------------------------- metrics (used by Seq2SeqModule)
     def text_metrics(self) -> nn.ModuleDict:

@@ -25,12 +25,12 @@ import torch
 import torchmetrics
 from torch import nn
 
-from launcher import data as data_lib
-from launcher.config import ConfigError
-from launcher.data import require_columns
-from launcher.tasks.base import PadCollator, Task, TaskModule
+from launcher.data import files as data_lib
+from launcher.errors import ConfigError
+from launcher.data.counting import is_conll
+from launcher.data.files import require_columns
+from launcher.tasks.core import PadCollator, Task, TaskModule
 
-CONLL_EXTENSIONS = (".conll", ".txt", ".bio", ".iob")
 SCHEMES = ("IOB2", "IOB1")
 _IOB_TAG = re.compile(r"^(O|[BI]-.+)$")
 # Byte-level BPE tokenizers: they need add_prefix_space=True to tokenise pre-split words.
@@ -95,12 +95,6 @@ def read_conll(key: str, path: str, words_column: str = "tokens", tags_column: s
     if with_tags:
         columns[tags_column] = tags
     return datasets.Dataset.from_dict(columns)
-
-
-def is_conll(path: str, fmt: Optional[str]) -> bool:
-    if fmt is not None:
-        return fmt.lower() == "conll"
-    return not os.path.isdir(path) and path.lower().endswith(CONLL_EXTENSIONS)
 
 
 # ---------------------------------------------------------------------- metric

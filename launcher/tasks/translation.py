@@ -22,10 +22,9 @@ from typing import Optional
 
 from torch import nn
 
-from launcher.config import ConfigError
-from launcher.data import check_no_empty, require_columns
-from launcher.tasks import seq2seq
-from launcher.tasks.base import Task
+from launcher.errors import ConfigError
+from launcher.data.files import check_no_empty, require_columns
+from launcher.tasks import _seq2seq as seq2seq
 
 
 @dataclass
@@ -36,12 +35,10 @@ class Options(seq2seq.GenerationOptions):
     """Key of the target text in the `translation` dict column (e.g. fr)."""
 
 
-class Translation(Task):
+class Translation(seq2seq.Seq2SeqTask):
     name = "translation"
     default_monitor = "val_bleu"
     Options = Options
-    Module = seq2seq.Seq2SeqModule
-    auto_model = "AutoModelForSeq2SeqLM"
     text_metric_names = ("bleu",)
 
     @property
@@ -58,9 +55,6 @@ class Translation(Task):
         if self.dict_mode:
             return [row.get(self.options.target_lang) for row in batch["translation"]] if "translation" in batch else None
         return batch.get(self.cfg.data.target_column)
-
-    def check_model(self, model_config, tokenizer) -> None:
-        seq2seq.check_seq2seq_model(self, model_config, tokenizer)
 
     def check_split(self, split, path, ds) -> None:
         d, o = self.cfg.data, self.options
@@ -88,16 +82,6 @@ class Translation(Task):
                     which = "source_lang" if lang == o.source_lang else "target_lang"
                     raise ConfigError(f"task_options.{which}", f"{path} row {i + 1}: no {lang!r} text in 'translation'"
                                       + (f" (keys: {', '.join(sorted(row))})" if row else ""), "fill or drop that row")
-
-    def prepare(self, splits, tokenizer, meta=None):
-        out = seq2seq.encode_seq2seq(self, splits, tokenizer, self.sources, self.targets)
-        return out, meta if meta is not None else seq2seq.seq2seq_meta(self.model_config(), tokenizer)
-
-    def collator(self, tokenizer):
-        return seq2seq.seq2seq_collator(tokenizer)
-
-    def build_model(self, meta, pretrained=True):
-        return seq2seq.build_seq2seq_model(self, meta, pretrained)
 
     # ---------------------------------------------------------------- metrics (used by Seq2SeqModule)
     def text_metrics(self) -> nn.ModuleDict:

@@ -1,0 +1,62 @@
+"""`launcher train`: check → tokenise once → Ray Train workers run Lightning → export the best epoch.
+
+`run()` is the whole driver flow, top to bottom; the workers' loop is launcher.training.loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from launcher.config import Config, to_dict
+from launcher.config.parsing import parse, print_config
+
+
+def main(argv: list[str]) -> int:
+    """Train a task on Ray Train workers and export the best epoch to <output_dir>/best."""
+    cfg, flags = parse(argv, "launcher train", main.__doc__)
+    if flags["print_config"]:
+        print_config(cfg)
+        return 0
+    results = run(cfg, overwrite=flags["overwrite"], resume=flags["resume"])
+    print(f"[launcher] {summary_line(results)}; global_step {results['global_step']}; wall {results['train_wall_time_s']:.1f}s")
+    if results.get("test"):
+        print("[launcher] test: " + " ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if isinstance(v, float)))
+    print(f"[launcher] results: {os.path.join(cfg.output_dir, 'results.json')}")
+    print(f"[launcher] exported model: {results['best_model']}")
+    if results.get("best_model_uri"):
+        print(f"[launcher] exported model (copy in run storage): {results['best_model_uri']}")
+    return 0
+
+
+def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
+    """The whole `launcher train` flow. Returns the results dict that is also written to results.json."""
+    # lazy: Ray and the ML stack load only once the config has passed its checks
+    from launcher import export, storage
+    from launcher.distributed import cluster
+    from launcher.files import clear_dir, write_yaml
+    from launcher.training.fit import fit
+    from launcher.training.prepare import check, check_output_dir, prepare
+
+    check_output_dir(cfg, overwrite, resume)
+    check(cfg)
+    cluster.check_local_resources(cfg)  # before loading anything: the machine must fit the request
+    name = storage.run_name(cfg)  # unique in shared storage, where Ray would resume a same-named run
+    storage.check_run_state(cfg, name, overwrite, resume)
+    prepared = prepare(cfg)
+    if overwrite and not resume:
+        clear_dir(cfg.output_dir)
+        storage.clear_run(cfg, name)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
+
+    cluster.init_ray(cfg)
+    cluster.check_resources(cfg, cluster.cluster_resources())
+    outcome = fit(cfg, prepared, name=name)
+    return export.finish_run(cfg, prepared, outcome)
+
+
+def summary_line(results: dict) -> str:
+    best = results.get("best_value")
+    return (f"best {results['monitor']} = {best:.4f} at epoch {results['best_epoch']:g}" if isinstance(best, float) and math.isfinite(best)
+            else "no validation result")

@@ -1,0 +1,11 @@
+"""The config: schema (typed dataclasses), validation, YAML + command-line parsing, secrets.
+
+    from launcher.config import Config, parse, validate
+"""
+
+from launcher.config.schema import (  # noqa: F401
+    PRECISIONS, SECTIONS, CheckpointConfig, Config, DataConfig, LoggingConfig, ModelConfig, OptimConfig, RayConfig,
+    SchedulerConfig, TrainConfig, TuneConfig, all_keys, default_mode, from_dict, require, to_dict,
+)
+from launcher.config.validate import validate  # noqa: F401
+from launcher.errors import ConfigError  # noqa: F401

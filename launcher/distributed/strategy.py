@@ -1,0 +1,84 @@
+"""Worker side: the Lightning strategy, plugins and accelerator of a config inside a Ray Train worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from launcher.config import Config
+from launcher.errors import ConfigError
+
+
+def lightning_kwargs(cfg: Config, find_unused_parameters: bool = False) -> dict[str, Any]:
+    """strategy / plugins / accelerator / devices for pl.Trainer inside a Ray worker.
+
+    `find_unused_parameters`: DDP looks for parameters the loss did not use each step (a task whose
+    loss may skip some, e.g. base: a user head that ignores the backbone's pooler).
+    """
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
+
+    r = cfg.ray
+    if r.accelerator == "tpu":
+        # torch-xla inside the Ray worker; Ray's Lightning strategies and prepare_trainer do not apply.
+        from launcher.distributed.xla.strategy import build_strategy
+
+        rank, world = worker_context()
+        return {"strategy": build_strategy(cfg, rank, world), "plugins": [], "accelerator": "auto", "devices": 1}
+    if r.strategy == "fsdp":
+        from ray.train.lightning import RayFSDPStrategy
+
+        strategy = RayFSDPStrategy(state_dict_type="full")
+    elif r.strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError("ray.strategy", "deepspeed is not installed", "pip install deepspeed on every node") from None
+        from ray.train.lightning import RayDeepSpeedStrategy
+
+        strategy = RayDeepSpeedStrategy(stage=2)
+    elif r.num_workers == 1:
+        # One worker: no process group to sync with, so Lightning's plain single-device strategy.
+        # DDP at world size 1 still wraps the model and all-reduces every bucket (and every
+        # reduce_boolean_decision) over gloo each step; see docs/benchmarks.md.
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+        from ray.train.torch import get_device
+
+        return {"strategy": SingleDeviceStrategy(device=get_device()), "plugins": [],
+                "accelerator": "gpu" if r.use_gpu else "cpu", "devices": 1}
+    else:
+        # find_unused off is the fast path (HF heads use every parameter).
+        strategy = RayDDPStrategy(find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
+    accelerator = "gpu" if r.use_gpu else "cpu"
+    return {"strategy": strategy, "plugins": [RayLightningEnvironment()], "accelerator": accelerator, "devices": "auto"}
+
+
+def prepare(trainer):
+    """Ray's prepare_trainer for Ray's own DDP/FSDP/DeepSpeed strategies.
+
+    prepare_trainer only validates that the strategy and environment are Ray's classes
+    (ray/train/lightning/_lightning_utils.py); single-worker and XLA runs use Lightning's
+    single-device strategies (RayXLAStrategy is one) and are left alone.
+    """
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    if isinstance(trainer.strategy, SingleDeviceStrategy):
+        return trainer
+    from ray.train.lightning import prepare_trainer
+
+    return prepare_trainer(trainer)
+
+
+def worker_callbacks(cfg: Config) -> list:
+    """Extra Lightning callbacks of this accelerator (XLA: the compile count per epoch)."""
+    if cfg.ray.accelerator == "tpu":
+        from launcher.distributed.xla.stats import worker_callbacks as xla_callbacks
+
+        return xla_callbacks()
+    return []
+
+
+def worker_context() -> tuple[int, int]:
+    """(rank, world size) of this Ray Train worker."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()

@@ -1,0 +1,302 @@
+"""What every task shares: the Task (driver-side data and model plumbing) and TaskModule (Lightning).
+
+A task file subclasses both once (inheritance at most one level deep) and fills in: how to read and
+check its data, how to tokenise it, which AutoModel class to build, how to collate, which metrics to
+compute, and how to predict with an exported model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from launcher import optim as optim_lib
+from launcher.config.schema import Config
+from launcher.data import files as data_lib
+from launcher.errors import ConfigError, first_line
+from launcher.model_files import check_model_path, has_tokenizer_files
+
+
+@dataclasses.dataclass
+class NoOptions:
+    pass
+
+
+def parse_options(cls, given: dict, task: str):
+    """task_options dict → the task's Options dataclass, naming unknown keys and the closest valid one."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in given:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean task_options.{close[0]}?" if close else (
+                f"valid options for {task}: " + (", ".join(names) or "none"))
+            raise ConfigError(f"task_options.{key}", f"unknown option for task {task}", hint)
+    try:
+        return cls(**given)
+    except (TypeError, ValueError) as e:
+        raise ConfigError("task_options", str(e)) from None
+
+
+class Task:
+    """Driver-side half of a task. Subclasses set the class attributes and override the hooks."""
+
+    name: str = ""
+    default_monitor: str = "val_loss"
+    Options: type = NoOptions
+    auto_model: str = "AutoModel"  # transformers class name used to build the model
+    pipeline_task: Optional[str] = None  # transformers pipeline name for the exported folder
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.options = parse_options(self.Options, cfg.task_options or {}, self.name)
+
+    # ------------------------------------------------------------------ model and tokenizer
+    @property
+    def monitor(self) -> str:
+        return self.cfg.checkpoint.monitor or self.default_monitor
+
+    def model_config(self):
+        from transformers import AutoConfig
+
+        m = self.cfg.model
+        check_model_path(m.name_or_path)
+        try:
+            kwargs = {"gguf_file": m.gguf_file} if m.gguf_file else {}
+            return AutoConfig.from_pretrained(m.name_or_path, trust_remote_code=m.trust_remote_code, revision=m.revision, **kwargs)
+        except (OSError, ValueError) as e:
+            raise ConfigError("model.name_or_path", f"cannot load a model config from {m.name_or_path}: {first_line(e)}",
+                              "point it at a folder made by save_pretrained (with config.json)") from None
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        m = self.cfg.model
+        path = m.tokenizer or m.name_or_path
+        key = "model.tokenizer" if m.tokenizer else "model.name_or_path"
+        check_model_path(path, key)
+        gguf = m.gguf_file and not m.tokenizer
+        if os.path.isdir(path) and not gguf and not has_tokenizer_files(path):
+            # transformers would build an empty tokenizer (special tokens only) from config.json alone.
+            raise ConfigError(key, f"no tokenizer files in {path} (tokenizer.json, tokenizer_config.json, vocab.txt, ...)",
+                              "save the tokenizer into that folder (tokenizer.save_pretrained) or set model.tokenizer to a tokenizer folder")
+        try:
+            kwargs = {"gguf_file": m.gguf_file} if gguf else {}
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=m.trust_remote_code, revision=m.revision, **kwargs)
+        except (OSError, ValueError, TypeError) as e:
+            raise ConfigError(key, f"no usable tokenizer in {path}: {first_line(e)}",
+                              "save the tokenizer into that folder or set model.tokenizer to a tokenizer folder") from None
+        if isinstance(tok, bool) or not hasattr(tok, "__call__"):
+            raise ConfigError(key, f"no tokenizer in {path}", "set model.tokenizer to a tokenizer folder")
+        return tok
+
+    def check_max_length(self, model_config, length: int, key: str = "data.max_length") -> None:
+        limit = max_positions(model_config)
+        if limit and length > limit:
+            raise ConfigError(key, f"{length} is above the model's {limit} positions", f"use --{key} {limit} or less")
+
+    def build_model(self, meta: dict, pretrained: bool = True) -> nn.Module:
+        """The Hugging Face model; `pretrained=False` builds it from its config (export reloads weights)."""
+        import transformers
+
+        auto = getattr(transformers, self.auto_model)
+        return load_model(auto, self.cfg, self.model_kwargs(meta), pretrained=pretrained)
+
+    def model_kwargs(self, meta: dict) -> dict:
+        return {}
+
+    # ------------------------------------------------------------------ data (driver)
+    def read(self, key: str, path: str):
+        return data_lib.read_file(key, path)
+
+    def load(self) -> dict:
+        splits = data_lib.load_splits(self.cfg, self.read)
+        for split, ds in splits.items():
+            self.check_split(split, data_lib.file_of(self.cfg, split), ds)
+        return splits
+
+    def check_split(self, split: str, path: str, ds) -> None:
+        """Raise ConfigError for missing columns / empty cells. Override per task."""
+
+    def prepare(self, splits: dict, tokenizer, meta: Optional[dict] = None) -> tuple[dict, dict]:
+        """Tokenise every split once. Returns (tokenised splits, meta shipped to the workers)."""
+        raise NotImplementedError
+
+    def lengths(self, ds) -> list[int]:
+        return [len(x) for x in ds["input_ids"]]
+
+    # ------------------------------------------------------------------ workers
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return PadCollator(DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None))
+
+    def module(self, meta: dict, tokenizer, model: Optional[nn.Module] = None) -> "TaskModule":
+        return self.Module(self, meta, tokenizer, model)
+
+    Module: type = None  # set by each task file to its TaskModule subclass
+
+    # ------------------------------------------------------------------ export / predict
+    def export_extras(self, meta: dict) -> dict:
+        """Extra keys saved beside the exported model (launcher.json)."""
+        return {}
+
+    def predict(self, model_dir: str, ds, options: dict) -> list[dict]:
+        raise NotImplementedError(f"launcher predict is not available for {self.name}")
+
+
+class PadCollator:
+    """Wraps a Hugging Face collator: keeps `_pad`/`_index` (eval bookkeeping) out of its way."""
+
+    def __init__(self, inner, keep_columns: tuple[str, ...] = ()):
+        self.inner = inner
+        self.keep_columns = keep_columns
+
+    def __call__(self, rows: list[dict]) -> dict:
+        side = {k: [r.pop(k) for r in rows] for k in ("_pad", "_index", *self.keep_columns) if k in rows[0]}
+        batch = dict(self.inner(rows))
+        for k, v in side.items():
+            batch[k] = torch.tensor(v) if k in ("_pad", "_index") else v
+        return batch
+
+
+class TaskModule(pl.LightningModule):
+    """Lightning half of a task: loss and lr every step, metrics per validation/test epoch."""
+
+    #: batch keys that are not model inputs
+    side_keys: tuple[str, ...] = ("_pad", "_index")
+
+    def __init__(self, task: Task, meta: dict, tokenizer=None, model: Optional[nn.Module] = None):
+        super().__init__()
+        self.task = task
+        self.cfg = task.cfg
+        self.meta = meta
+        self.tokenizer = tokenizer
+        self.model = model if model is not None else task.build_model(meta)
+        # from_pretrained returns eval mode and Lightning 2.6 keeps submodule modes: train for real.
+        self.model.train()
+        import torchmetrics
+
+        self.metrics = nn.ModuleDict({stage: self.build_metrics() for stage in ("val", "test")})
+        self.losses = nn.ModuleDict({stage: torchmetrics.MeanMetric() for stage in ("val", "test")})
+
+    # ---------------------------------------------------------------- hooks for tasks
+    def build_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict()
+
+    def update_metrics(self, metrics: nn.ModuleDict, batch: dict, outputs, keep: torch.Tensor) -> None:
+        pass
+
+    def compute_metrics(self, metrics: nn.ModuleDict, loss: float) -> dict[str, float]:
+        return {name: m.compute() for name, m in metrics.items()}
+
+    # ---------------------------------------------------------------- Lightning
+    def model_inputs(self, batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k not in self.side_keys}
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss = self.model(**self.model_inputs(batch)).loss
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=False, batch_size=batch_size_of(batch))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        pass
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # The lr the coming step uses; logged with the step, for every step.
+        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int):
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        keep = batch["_pad"] == 0 if "_pad" in batch else torch.ones(batch_size_of(batch), dtype=torch.bool)
+        outputs = self.eval_forward(batch, stage)
+        n = self.eval_loss_weight(batch, outputs, keep)
+        if n and getattr(outputs, "loss", None) is not None:
+            self.losses[stage].update(outputs.loss.detach().float(), weight=n)
+        self.update_metrics(self.metrics[stage], batch, outputs, keep)
+
+    def eval_forward(self, batch: dict, stage: str):
+        return self.model(**self.model_inputs(batch))
+
+    def eval_loss_weight(self, batch: dict, outputs, keep: torch.Tensor) -> int:
+        """Weight of this batch's mean loss in the epoch's mean: its scored rows (token-level losses: their tokens)."""
+        return int(keep.sum())
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage("test")
+
+    def _log_stage(self, stage: str) -> None:
+        # torchmetrics gathers states across ranks in compute(): values are global, no sync_dist needed.
+        loss = self.losses[stage].compute() if self.losses[stage].update_called else torch.tensor(float("nan"))
+        values = {"loss": loss}
+        values.update(self.compute_metrics(self.metrics[stage], float(loss)))
+        self.log_dict({f"{stage}_{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}, sync_dist=False)
+        self.losses[stage].reset()
+        for m in self.metrics[stage].values():
+            m.reset()
+
+    def configure_optimizers(self):
+        device_type = self.device.type if isinstance(self.device, torch.device) else "cpu"
+        optimizer = optim_lib.build_optimizer(self.model, self.cfg.optim, device_type)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = optim_lib.build_scheduler(optimizer, self.cfg.scheduler, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+def batch_size_of(batch: dict) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor) and v.ndim >= 1:
+            return int(v.shape[0])
+    return 1
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def max_positions(model_config) -> Optional[int]:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(model_config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_model(auto_cls, cfg: Config, kwargs: dict, pretrained: bool = True) -> nn.Module:
+    """from_pretrained / from_config with the config's options (GGUF, trust_remote_code)."""
+    m = cfg.model
+    common = {"trust_remote_code": m.trust_remote_code}
+    if m.gguf_file:
+        common["gguf_file"] = m.gguf_file
+    if m.from_config or not pretrained:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(m.name_or_path, revision=m.revision, **common)
+        for k, v in kwargs.items():
+            setattr(config, k, v)
+        config.__dict__.pop("quantization_config", None)
+        return auto_cls.from_config(config, trust_remote_code=m.trust_remote_code)
+    model = auto_cls.from_pretrained(m.name_or_path, revision=m.revision, **common, **kwargs)
+    if m.gguf_file:
+        # A GGUF-loaded model is de-quantized float32 but still carries its quantizer, which makes
+        # save_pretrained refuse it; drop both so it saves as an ordinary safetensors folder.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.__dict__.pop("is_quantized", None)
+    return model

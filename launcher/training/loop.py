@@ -1,0 +1,186 @@
+"""Worker side of a Ray Train run: what every Ray Train worker runs (`train_loop`).
+
+The same task module and data on every worker, each reading its own shard; Lightning drives the
+steps, launcher's callbacks report to Ray, print progress and guard against NaN. Imported by the
+Train controller too (it unpickles `train_loop`), so torch and Lightning are imported inside the
+functions, in the workers only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from typing import Optional
+
+from launcher.config import Config, from_dict
+from launcher.errors import ConfigError, NonFiniteLoss
+
+
+def train_loop(loop_config: dict) -> None:
+    """Runs in every Ray Train worker: same task module and data, this rank's shard."""
+    # In the workers only (the controller imports this module too): torch, Lightning, the task.
+    import lightning.pytorch as pl
+    import ray
+    import ray.train
+    import torch
+
+    from launcher.data.sampling import from_table
+    from launcher.distributed import strategy
+    from launcher.tasks import get_task
+    from launcher.training import resume
+    from launcher.training.callbacks import NonFiniteGuard, ProgressLog, ReportCallback
+    from launcher.training.scoring import CHECKPOINT_NAME
+
+    loop_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}  # see fit.ship
+    cfg = from_dict(loop_config["cfg"])
+    quiet_warnings()
+    rank, world = strategy.worker_context()
+    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    run_log = loop_config["run_log"]
+    # A restarted worker group resumes this run's latest checkpoint; a fresh run may start from one
+    # the caller hands in (launcher tune: a PBT trial continuing from a better trial's weights).
+    own_checkpoint = ray.train.get_checkpoint()
+    checkpoint = own_checkpoint or loop_config.get("init_checkpoint")
+    # as_directory: a checkpoint on local or shared storage is read in place, one in a bucket is
+    # downloaded to a temporary folder that closing removes (to_directory() left a copy in /tmp
+    # for every restart and every PBT exploit).
+    checkpoint_dir = contextlib.ExitStack()
+    ckpt_path = (os.path.join(checkpoint_dir.enter_context(checkpoint.as_directory()), CHECKPOINT_NAME)
+                 if checkpoint is not None else None)
+    resumed_step = resume.checkpoint_step(ckpt_path) if own_checkpoint is not None else None
+    if rank == 0:
+        run_log.record.remote("start", {"time": time.time(), "resumed_step": resumed_step})
+
+    task = get_task(cfg.task)(cfg)
+    tokenizer = loop_config["tokenizer"]
+    meta = loop_config["meta"]
+    splits = {k: from_table(ray.get(ref)) for k, ref in loop_config["data"].items()}
+    module = task.module(meta, tokenizer)
+    loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
+
+    report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, run_log)
+    guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches, run_log)
+    callbacks = [report, guard, resume.LoaderPosition(loaders["train"]), ProgressLog(cfg.logging.progress_every_s)]
+    callbacks += list(loop_config.get("callbacks", []))
+    callbacks += strategy.worker_callbacks(cfg)
+    t = cfg.train
+    trainer = pl.Trainer(
+        max_epochs=t.max_epochs if t.max_steps < 0 else -1,
+        max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val if cfg.optim.name != "adafactor" or t.gradient_clip_val else None,
+        val_check_interval=t.val_check_interval if t.val_check_interval <= 1 else int(t.val_check_interval),
+        log_every_n_steps=t.log_every_n_steps,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # our samplers shard exactly (see launcher.data)
+        deterministic=t.deterministic,
+        logger=loggers(cfg, resumed_step) if rank == 0 else False,
+        callbacks=callbacks,
+        **strategy.lightning_kwargs(cfg, find_unused_parameters=bool(getattr(task, "ddp_find_unused_parameters", False))),
+    )
+    trainer = strategy.prepare(trainer)
+    try:
+        trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"], ckpt_path=ckpt_path)
+    except NonFiniteLoss as e:
+        # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead
+        # of raising keeps Ray from restarting the workers into the same NaN; the driver raises it.
+        if rank == 0:
+            ray.get(run_log.record.remote("fatal", {"message": str(e)}))
+        return
+    finally:
+        checkpoint_dir.close()
+
+    if rank == 0:
+        run_log.record.remote("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch,
+                                      "skipped_steps": guard.skipped})
+    if "test" in loaders:
+        on_best = report.load_best(module)
+        trainer.test(module, dataloaders=loaders["test"], verbose=False)
+        if rank == 0:
+            test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
+            test["weights"] = "best" if on_best else "last"
+            run_log.record.remote("test", test)
+    if rank == 0 and cfg.logging.csv and (resumed_step is not None or cfg.checkpoint.every_n_steps):
+        # Rows repeated by a restarted group, or logged twice at step checkpoints (ReportCallback).
+        resume.dedupe_csv(os.path.join(os.path.abspath(cfg.output_dir), "logs", "csv", "metrics.csv"))
+
+
+def quiet_warnings() -> None:
+    import logging
+    import warnings
+
+    # Metrics are already global (torchmetrics syncs in compute()), so Lightning's sync_dist advice
+    # does not apply; the rest are Lightning's one-line notices that Ray would print per worker.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Found .* module.*in eval mode.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+
+
+def build_loaders(task, cfg: Config, splits: dict, tokenizer, rank: int, world: int) -> dict:
+    from torch.utils.data import DataLoader
+
+    from launcher.data.sampling import EvalShard, TrainBatchSampler
+    from launcher.training.resume import ResumableLoader
+
+    collate = task.collator(tokenizer)
+    train_collate = eval_collate = collate
+    if cfg.ray.accelerator == "tpu":
+        # XLA compiles a graph per batch shape: full batches, sequence lengths in a few buckets.
+        from launcher.distributed.xla.shapes import collators
+
+        train_collate, eval_collate = collators(collate, tokenizer, cfg)
+    common = {"num_workers": cfg.data.num_workers, "persistent_workers": cfg.data.num_workers > 0}
+    train = splits["train"]
+    sampler = TrainBatchSampler(task.lengths(train), cfg.train.batch_size, rank, world, cfg.train.seed, cfg.train.group_by_length)
+    # Resumable: a worker group restarted mid-epoch continues with the batches not yet trained.
+    loaders = {"train": ResumableLoader(train, batch_sampler=sampler, collate_fn=train_collate, **common)}
+    eval_bs = cfg.train.eval_batch_size_or_default()
+    for name in ("validation", "test"):
+        if name in splits:
+            loaders[name] = DataLoader(EvalShard(splits[name], rank, world), batch_size=eval_bs, shuffle=False,
+                                       collate_fn=eval_collate, **common)
+    return loaders
+
+
+def loggers(cfg: Config, resumed_step: Optional[int] = None) -> list:
+    """Rank 0's loggers. `resumed_step`: this worker group continues a run from that step, so the
+    logs keep the history before it and drop what the failed group logged after it."""
+    from lightning.pytorch import loggers as pl_loggers
+
+    from launcher.training.resume import HistoryCSVLogger
+
+    out = []
+    log_dir = os.path.join(os.path.abspath(cfg.output_dir), "logs")
+    if cfg.logging.tensorboard:
+        # purge_step: TensorBoard hides events at or after it from earlier writers of this folder.
+        purge = {"purge_step": resumed_step} if resumed_step is not None else {}
+        try:
+            out.append(pl_loggers.TensorBoardLogger(log_dir, name="", version="tensorboard", default_hp_metric=False, **purge))
+        except ModuleNotFoundError:
+            print("[launcher] tensorboard not installed: skipping TensorBoard logs", file=sys.stderr)
+    if cfg.logging.csv:
+        csv_logger = HistoryCSVLogger if resumed_step is not None else pl_loggers.CSVLogger
+        out.append(csv_logger(log_dir, name="", version="csv"))
+    if cfg.logging.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("logging.wandb", "wandb is not installed", "pip install 'launcher[wandb]'") from None
+        out.append(pl_loggers.WandbLogger(project=cfg.logging.wandb_project or "launcher", save_dir=log_dir))
+    if cfg.logging.mlflow:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError("logging.mlflow", "mlflow is not installed", "pip install 'launcher[mlflow]'") from None
+        uri = cfg.logging.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"file:{os.path.join(os.path.abspath(cfg.output_dir), 'mlruns')}"
+        out.append(pl_loggers.MLFlowLogger(experiment_name="launcher", tracking_uri=uri))
+    return out
