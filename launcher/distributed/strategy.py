@@ -8,8 +8,9 @@ from launcher.config import Config
 from launcher.errors import ConfigError
 
 
-def lightning_kwargs(cfg: Config, find_unused_parameters: bool = False) -> dict[str, Any]:
-    """strategy / plugins / accelerator / devices for pl.Trainer inside a Ray worker.
+def lightning_kwargs(cfg: Config, session, find_unused_parameters: bool = False) -> dict[str, Any]:
+    """strategy / plugins / accelerator / devices for pl.Trainer inside a Ray worker (`session`:
+    launcher.training.session, for this process's rank, world size and device).
 
     `find_unused_parameters`: DDP looks for parameters the loss did not use each step (a task whose
     loss may skip some, e.g. base: a user head that ignores the backbone's pooler).
@@ -21,8 +22,7 @@ def lightning_kwargs(cfg: Config, find_unused_parameters: bool = False) -> dict[
         # torch-xla inside the Ray worker; Ray's Lightning strategies and prepare_trainer do not apply.
         from launcher.distributed.xla.strategy import build_strategy
 
-        rank, world = worker_context()
-        return {"strategy": build_strategy(cfg, rank, world), "plugins": [], "accelerator": "auto", "devices": 1}
+        return {"strategy": build_strategy(cfg, session.rank, session.world), "plugins": [], "accelerator": "auto", "devices": 1}
     if r.strategy == "fsdp":
         from ray.train.lightning import RayFSDPStrategy
 
@@ -40,9 +40,8 @@ def lightning_kwargs(cfg: Config, find_unused_parameters: bool = False) -> dict[
         # DDP at world size 1 still wraps the model and all-reduces every bucket (and every
         # reduce_boolean_decision) over gloo each step; see docs/benchmarks.md.
         from lightning.pytorch.strategies import SingleDeviceStrategy
-        from ray.train.torch import get_device
 
-        return {"strategy": SingleDeviceStrategy(device=get_device()), "plugins": [],
+        return {"strategy": SingleDeviceStrategy(device=session.device()), "plugins": [],
                 "accelerator": "gpu" if r.use_gpu else "cpu", "devices": 1}
     else:
         # find_unused off is the fast path (HF heads use every parameter).
@@ -74,11 +73,3 @@ def worker_callbacks(cfg: Config) -> list:
 
         return xla_callbacks()
     return []
-
-
-def worker_context() -> tuple[int, int]:
-    """(rank, world size) of this Ray Train worker."""
-    import ray.train
-
-    ctx = ray.train.get_context()
-    return ctx.get_world_rank(), ctx.get_world_size()

@@ -30,16 +30,18 @@ def scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 
 class ReportCallback(pl.Callback):
-    """After each validation (and every N steps if asked): checkpoint + metrics to Ray Train.
+    """After each validation (and every N steps if asked): checkpoint + metrics to the session
+    (Ray Train or Tune, launcher.training.session).
 
-    Every rank calls ray.train.report (Ray requires it); only rank 0 attaches the checkpoint, since
-    all DDP ranks hold the same weights. Each rank also keeps its own copy of the best weights on
-    local disk so the test split can be scored with the best epoch on any node.
+    Every rank reports (Ray requires it); only rank 0 attaches the checkpoint, since all DDP ranks
+    hold the same weights. Each rank also keeps its own copy of the best weights on local disk so
+    the test split can be scored with the best epoch on any node.
     """
 
-    def __init__(self, monitor: str, mode: str, every_n_steps: Optional[int], run_log=None):
+    def __init__(self, monitor: str, mode: str, every_n_steps: Optional[int], session, run_log=None):
         self.monitor, self.mode = monitor, mode
         self.every_n_steps = every_n_steps
+        self.session = session
         self.run_log = run_log
         self.best: Optional[float] = None
         self.best_epoch: Optional[float] = None
@@ -66,7 +68,7 @@ class ReportCallback(pl.Callback):
         # them (the run's driver restarted); the driver keeps one report per epoch.
         if trainer.global_rank == 0 and self.run_log is not None:
             for item in self.history:
-                self.run_log.record.remote("report", dict(item))
+                self.run_log.record("report", dict(item))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_steps
@@ -89,9 +91,6 @@ class ReportCallback(pl.Callback):
         return round(trainer.current_epoch + done / total, 4)
 
     def _report(self, trainer, pl_module, kind: str) -> None:
-        import ray.train
-        from ray.train import Checkpoint
-
         self._last_step_reported = trainer.global_step
         metrics = scalar_metrics(trainer)
         metrics.update(epoch=self._epoch(trainer), step=trainer.global_step, kind=kind)
@@ -121,13 +120,8 @@ class ReportCallback(pl.Callback):
         trainer.save_checkpoint(os.path.join(ckpt_dir, CHECKPOINT_NAME), weights_only=False)
         rank0 = trainer.global_rank == 0
         if rank0 and self.run_log is not None:
-            self.run_log.record.remote("report", dict(metrics))
-        ray.train.report(metrics=metrics, checkpoint=Checkpoint.from_directory(ckpt_dir) if rank0 else None)
-        if rank0:
-            # Ray registers a reported checkpoint when its controller next polls the workers (every
-            # ~2 s). Until then a worker lost would resume an older checkpoint (and this one stays
-            # in storage, unknown to Ray): wait, so every report that returned is the one resumed.
-            ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+            self.run_log.record("report", dict(metrics))
+        self.session.report(metrics, ckpt_dir if rank0 else None)
         trainer.strategy.barrier()
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
@@ -139,12 +133,9 @@ class ReportCallback(pl.Callback):
             return False
         # A restarted worker group knows the best value (restored state) but not its weights, which
         # lived on the old workers' disks: read them from the checkpoint Ray kept for that epoch.
-        import ray.train
-
-        for reported in ray.train.get_all_reported_checkpoints():
-            m = reported.metrics
+        for m, checkpoint in self.session.reported_checkpoints():
             if m.get("kind") == "val" and m.get("epoch") == self.best_epoch and m.get(self.monitor) == self.best:
-                with reported.checkpoint.as_directory() as d:
+                with checkpoint.as_directory() as d:
                     state = torch.load(os.path.join(d, CHECKPOINT_NAME), map_location="cpu", weights_only=False)
                 pl_module.load_state_dict(state["state_dict"])
                 return True
@@ -178,9 +169,8 @@ class NonFiniteGuard(pl.Callback):
     skips at the same step: a rank that stopped alone would leave the others waiting in DDP.
     """
 
-    def __init__(self, skip: bool = False, run_log=None):
+    def __init__(self, skip: bool = False):
         self.skip = skip
-        self.run_log = run_log
         self.skipped = 0
 
     def state_dict(self) -> dict:

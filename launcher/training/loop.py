@@ -20,54 +20,114 @@ from launcher.errors import ConfigError, NonFiniteLoss
 
 def train_loop(loop_config: dict) -> None:
     """Runs in every Ray Train worker: same task module and data, this rank's shard."""
-    # In the workers only (the controller imports this module too): torch, Lightning, the task.
-    import lightning.pytorch as pl
+    from launcher.training.session import TrainSession
+
+    run(loop_config, TrainSession())
+
+
+def run(loop_config: dict, session) -> None:
+    """The training loop of one worker (or one single-process Tune trial), reporting through `session`.
+
+    `loop_config` (made by launcher.training.fit): cfg, meta, tokenizer and data (object refs or
+    values), run_log, monitor, mode; optionally callbacks (extra Lightning callbacks) and
+    init_checkpoint (a checkpoint to start from when the run has none of its own).
+    """
+    # In the workers only (the Train controller imports this module too): torch, Lightning, the task.
     import ray
-    import ray.train
-    import torch
 
     from launcher.data.sampling import from_table
-    from launcher.distributed import strategy
     from launcher.tasks import get_task
     from launcher.training import resume
     from launcher.training.callbacks import NonFiniteGuard, ProgressLog, ReportCallback
-    from launcher.training.scoring import CHECKPOINT_NAME
+    from launcher.training.session import run_log_client
 
     loop_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}  # see fit.ship
     cfg = from_dict(loop_config["cfg"])
+    setup_process(cfg)
+    rank, world = session.rank, session.world
+    run_log = run_log_client(loop_config["run_log"])
+    with resume_point(session, loop_config.get("init_checkpoint")) as (ckpt_path, resumed_step):
+        if rank == 0:
+            run_log.record("start", {"time": time.time(), "resumed_step": resumed_step})
+        task = get_task(cfg.task)(cfg)
+        tokenizer = loop_config["tokenizer"]
+        splits = {k: from_table(ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref) for k, ref in loop_config["data"].items()}
+        module = task.module(loop_config["meta"], tokenizer)
+        loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
+
+        report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, session, run_log)
+        guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches)
+        callbacks = [report, guard, resume.LoaderPosition(loaders["train"]), ProgressLog(cfg.logging.progress_every_s)]
+        callbacks += list(loop_config.get("callbacks", []))
+        trainer = make_trainer(cfg, session, callbacks, loggers(cfg, resumed_step) if rank == 0 else False,
+                               find_unused_parameters=bool(getattr(task, "ddp_find_unused_parameters", False)))
+        try:
+            trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"], ckpt_path=ckpt_path)
+        except NonFiniteLoss as e:
+            # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead
+            # of raising keeps Ray from restarting the workers into the same NaN; the driver raises it.
+            if rank == 0:
+                run_log.record("fatal", {"message": str(e)}, wait=True)
+            return
+
+    if rank == 0:
+        run_log.record("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch,
+                               "skipped_steps": guard.skipped})
+    if "test" in loaders:
+        on_best = report.load_best(module)
+        trainer.test(module, dataloaders=loaders["test"], verbose=False)
+        if rank == 0:
+            test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
+            test["weights"] = "best" if on_best else "last"
+            run_log.record("test", test)
+    if rank == 0 and cfg.logging.csv and (resumed_step is not None or cfg.checkpoint.every_n_steps):
+        # Rows repeated by a restarted group, or logged twice at step checkpoints (ReportCallback).
+        resume.dedupe_csv(os.path.join(os.path.abspath(cfg.output_dir), "logs", "csv", "metrics.csv"))
+
+
+def setup_process(cfg: Config) -> None:
+    """Per-run process state: threads, seeds, warning filters (a reused Tune actor runs many runs)."""
+    import lightning.pytorch as pl
+    import torch
+
     quiet_warnings()
-    rank, world = strategy.worker_context()
     torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    run_log = loop_config["run_log"]
-    # A restarted worker group resumes this run's latest checkpoint; a fresh run may start from one
-    # the caller hands in (launcher tune: a PBT trial continuing from a better trial's weights).
-    own_checkpoint = ray.train.get_checkpoint()
-    checkpoint = own_checkpoint or loop_config.get("init_checkpoint")
+
+
+@contextlib.contextmanager
+def resume_point(session, init_checkpoint=None):
+    """(Lightning checkpoint path or None, the step it resumes at or None) for this run.
+
+    A restarted worker group resumes this run's latest checkpoint; a fresh run may start from one
+    the caller hands in (launcher tune: a PBT trial continuing from a better trial's weights), which
+    is not a resume of this run (no resumed step: its logs start fresh).
+    """
+    from launcher.training import resume
+    from launcher.training.scoring import CHECKPOINT_NAME
+
+    own = session.get_checkpoint()
+    checkpoint = own or init_checkpoint
+    if checkpoint is None:
+        yield None, None
+        return
     # as_directory: a checkpoint on local or shared storage is read in place, one in a bucket is
     # downloaded to a temporary folder that closing removes (to_directory() left a copy in /tmp
     # for every restart and every PBT exploit).
-    checkpoint_dir = contextlib.ExitStack()
-    ckpt_path = (os.path.join(checkpoint_dir.enter_context(checkpoint.as_directory()), CHECKPOINT_NAME)
-                 if checkpoint is not None else None)
-    resumed_step = resume.checkpoint_step(ckpt_path) if own_checkpoint is not None else None
-    if rank == 0:
-        run_log.record.remote("start", {"time": time.time(), "resumed_step": resumed_step})
+    with checkpoint.as_directory() as folder:
+        path = os.path.join(folder, CHECKPOINT_NAME)
+        yield path, (resume.checkpoint_step(path) if own is not None else None)
 
-    task = get_task(cfg.task)(cfg)
-    tokenizer = loop_config["tokenizer"]
-    meta = loop_config["meta"]
-    splits = {k: from_table(ray.get(ref)) for k, ref in loop_config["data"].items()}
-    module = task.module(meta, tokenizer)
-    loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
 
-    report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, run_log)
-    guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches, run_log)
-    callbacks = [report, guard, resume.LoaderPosition(loaders["train"]), ProgressLog(cfg.logging.progress_every_s)]
-    callbacks += list(loop_config.get("callbacks", []))
-    callbacks += strategy.worker_callbacks(cfg)
+def make_trainer(cfg: Config, session, callbacks: list, logger, find_unused_parameters: bool = False, **overrides):
+    """The pl.Trainer of a launcher run: the config's training settings, the strategy for `session`
+    (launcher.distributed.strategy), launcher's callbacks; `overrides` replace any Trainer argument."""
+    import lightning.pytorch as pl
+
+    from launcher.distributed import strategy
+
     t = cfg.train
-    trainer = pl.Trainer(
+    settings = dict(
         max_epochs=t.max_epochs if t.max_steps < 0 else -1,
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -79,37 +139,14 @@ def train_loop(loop_config: dict) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        use_distributed_sampler=False,  # our samplers shard exactly (see launcher.data)
+        use_distributed_sampler=False,  # launcher's samplers shard exactly (launcher.data.sampling)
         deterministic=t.deterministic,
-        logger=loggers(cfg, resumed_step) if rank == 0 else False,
-        callbacks=callbacks,
-        **strategy.lightning_kwargs(cfg, find_unused_parameters=bool(getattr(task, "ddp_find_unused_parameters", False))),
+        logger=logger,
+        callbacks=list(callbacks) + strategy.worker_callbacks(cfg),
+        **strategy.lightning_kwargs(cfg, session, find_unused_parameters=find_unused_parameters),
     )
-    trainer = strategy.prepare(trainer)
-    try:
-        trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"], ckpt_path=ckpt_path)
-    except NonFiniteLoss as e:
-        # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead
-        # of raising keeps Ray from restarting the workers into the same NaN; the driver raises it.
-        if rank == 0:
-            ray.get(run_log.record.remote("fatal", {"message": str(e)}))
-        return
-    finally:
-        checkpoint_dir.close()
-
-    if rank == 0:
-        run_log.record.remote("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch,
-                                      "skipped_steps": guard.skipped})
-    if "test" in loaders:
-        on_best = report.load_best(module)
-        trainer.test(module, dataloaders=loaders["test"], verbose=False)
-        if rank == 0:
-            test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test_")}
-            test["weights"] = "best" if on_best else "last"
-            run_log.record.remote("test", test)
-    if rank == 0 and cfg.logging.csv and (resumed_step is not None or cfg.checkpoint.every_n_steps):
-        # Rows repeated by a restarted group, or logged twice at step checkpoints (ReportCallback).
-        resume.dedupe_csv(os.path.join(os.path.abspath(cfg.output_dir), "logs", "csv", "metrics.csv"))
+    settings.update(overrides)
+    return strategy.prepare(pl.Trainer(**settings))
 
 
 def quiet_warnings() -> None:
