@@ -4,7 +4,7 @@ export the best epoch of all trials.
 `run()` is the whole flow, top to bottom: check the config and the search space (no Ray yet) →
 tokenise once on the driver → one Ray Tune trial per sample, each running the same Ray Train loop as
 `launcher train` (launcher.search.trial) → pick the best epoch across every trial → export it to
-<output_dir>/best and write best.json, trials.csv and search.png (`finish`).
+<output_dir>/best and write best.json, trials.csv and search.png (`finish_search`).
 
 This module stays cheap to import (no torch, no ray at import time): `launcher tune --help` and
 config mistakes answer in about a second.
@@ -97,7 +97,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
     grid = tuner.run_search(cfg, dims, prepared, settings, root, name, resume=resume, concurrency=concurrency,
                             callbacks=list(tune_callbacks or []), verbose=verbose, trial_callbacks=trial_callbacks)
     trials = trials_lib.summarize(grid, settings)
-    return finish(cfg, prepared, trials, dims, settings, grid, time.time() - start, verbose)
+    return finish_search(cfg, prepared, trials, dims, settings, grid, time.time() - start, verbose)
 
 
 def search_storage(cfg: Config) -> tuple[str, str]:
@@ -132,7 +132,7 @@ def _concurrency(cfg: Config, resources: dict, verbose: bool) -> Optional[int]:
     return asked
 
 
-def finish(cfg: Config, prepared, trials: list[TrialSummary], dims: list[Dimension], settings, grid, wall_s: float,
+def finish_search(cfg: Config, prepared, trials: list[TrialSummary], dims: list[Dimension], settings, grid, wall_s: float,
            verbose: bool = True) -> TuneResult:
     """Pick the best epoch of all trials, export it, clean up checkpoints, write best.json/trials.csv/search.png."""
     from launcher import export

@@ -50,7 +50,7 @@ def lightning_kwargs(cfg: Config, session, find_unused_parameters: bool = False)
     return {"strategy": strategy, "plugins": [RayLightningEnvironment()], "accelerator": accelerator, "devices": "auto"}
 
 
-def prepare(trainer):
+def prepare_trainer(trainer):
     """Ray's prepare_trainer for Ray's own DDP/FSDP/DeepSpeed strategies.
 
     prepare_trainer only validates that the strategy and environment are Ray's classes
@@ -61,9 +61,9 @@ def prepare(trainer):
 
     if isinstance(trainer.strategy, SingleDeviceStrategy):
         return trainer
-    from ray.train.lightning import prepare_trainer
+    from ray.train.lightning import prepare_trainer as ray_prepare_trainer
 
-    return prepare_trainer(trainer)
+    return ray_prepare_trainer(trainer)
 
 
 def worker_callbacks(cfg: Config) -> list:

@@ -123,13 +123,6 @@ class SequenceClassification(Task):
             kwargs["problem_type"] = "single_label_classification"
         return kwargs
 
-    @staticmethod
-    def meta_from_model_config(config) -> dict:
-        regression = getattr(config, "problem_type", None) == "regression"
-        id2label = {int(k): v for k, v in config.id2label.items()}
-        return {"regression": regression, "num_labels": config.num_labels, "id2label": id2label,
-                "label2id": {v: k for k, v in id2label.items()}}
-
     def predict(self, model_dir, ds, options):
         from transformers import pipeline
 

@@ -146,7 +146,7 @@ def make_trainer(cfg: Config, session, callbacks: list, logger, find_unused_para
         **strategy.lightning_kwargs(cfg, session, find_unused_parameters=find_unused_parameters),
     )
     settings.update(overrides)
-    return strategy.prepare(pl.Trainer(**settings))
+    return strategy.prepare_trainer(pl.Trainer(**settings))
 
 
 def quiet_warnings() -> None:
