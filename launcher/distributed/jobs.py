@@ -76,24 +76,32 @@ def connect(address: str):
         raise _api_error(e, address) from None
 
 
+# What Ray's job client raises (its text is all it gives; a ConnectionError always means "cannot reach")
+# → (message, fix), {address} filled in.
+_API_ERRORS = [
+    (("Authentication required", "Missing authentication token"),
+     "the cluster at {address} requires Ray token auth and no token was sent",
+     "export RAY_AUTH_MODE=token and put the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN "
+     "(`ray get-auth-token` on the head prints it)"),
+    (("Authentication failed", "invalid or incorrect"),
+     "the cluster at {address} rejected the Ray auth token",
+     "use the token of that cluster (`ray get-auth-token` on the head) in ~/.ray/auth_token or $RAY_AUTH_TOKEN"),
+    (("Failed to connect", "Connection refused", ConnectionError),
+     "cannot reach the Ray job API at {address}",
+     "start the head and a tunnel to its dashboard (`ray dashboard CLUSTER.yaml`, "
+     "`kubectl port-forward svc/HEAD-svc 8265:8265`) or pass --address"),
+    (("Version check returned", "Jobs API is not supported"),
+     "{address} does not answer as a Ray dashboard (no job API there)",
+     "give the dashboard port of the head (8265 by default)"),
+]
+
+
 def _api_error(e: BaseException, address: str) -> ConfigError:
     text = str(e)
-    if "Authentication required" in text or "Missing authentication token" in text:
-        return ConfigError("--address", f"the cluster at {address} requires Ray token auth and no token was sent",
-                           "export RAY_AUTH_MODE=token and put the cluster's token in ~/.ray/auth_token or $RAY_AUTH_TOKEN "
-                           "(`ray get-auth-token` on the head prints it)")
-    if "Authentication failed" in text or "invalid or incorrect" in text:
-        return ConfigError("--address", f"the cluster at {address} rejected the Ray auth token",
-                           "use the token of that cluster (`ray get-auth-token` on the head) in ~/.ray/auth_token or $RAY_AUTH_TOKEN")
-    if isinstance(e, ConnectionError) or "Failed to connect" in text or "Connection refused" in text:
-        return ConfigError("--address", f"cannot reach the Ray job API at {address}",
-                           "start the head and a tunnel to its dashboard (`ray dashboard CLUSTER.yaml`, "
-                           "`kubectl port-forward svc/HEAD-svc 8265:8265`) or pass --address")
-    if "Version check returned" in text or "Jobs API is not supported" in text:
-        return ConfigError("--address", f"{address} does not answer as a Ray dashboard (no job API there)",
-                           "give the dashboard port of the head (8265 by default)")
+    for needles, message, fix in _API_ERRORS:
+        if any(isinstance(e, n) if isinstance(n, type) else n in text for n in needles):
+            return ConfigError("--address", message.format(address=address), fix)
     return ConfigError("--address", f"{type(e).__name__}: {text.strip().splitlines()[0][:200] if text.strip() else ''}")
-
 
 
 def requirements() -> list[str]:

@@ -49,7 +49,7 @@ from torch import nn
 from launcher.data.files import check_no_empty, require_columns
 from launcher.errors import ConfigError, first_line
 from launcher.resolve import import_object
-from launcher.tasks.core import Task, TaskModule, load_model
+from launcher.tasks.core import Task, TaskModule, load_model, update_all
 
 HEAD_WEIGHTS = "head.pt"
 
@@ -162,10 +162,7 @@ class BaseModule(TaskModule):
     def update_metrics(self, metrics, batch, outputs, keep) -> None:
         if not len(metrics) or outputs.logits is None or "labels" not in batch:
             return
-        logits, labels = outputs.logits.detach()[keep], batch["labels"][keep]
-        if len(labels):
-            for m in metrics.values():
-                m.update(logits, labels)
+        update_all(metrics, outputs.logits.detach()[keep], batch["labels"][keep])
 
 
 class BaseTask(Task):

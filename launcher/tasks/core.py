@@ -259,6 +259,13 @@ class TaskModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
 
+def update_all(metrics, preds: torch.Tensor, labels: torch.Tensor) -> None:
+    """Update every metric with the scored rows (none: nothing to update)."""
+    if len(labels):
+        for m in metrics.values():
+            m.update(preds, labels)
+
+
 def batch_size_of(batch: dict) -> int:
     for v in batch.values():
         if isinstance(v, torch.Tensor) and v.ndim >= 1:

@@ -14,7 +14,7 @@ from torch import nn
 
 from launcher.errors import ConfigError
 from launcher.data.files import check_no_empty, require_columns
-from launcher.tasks.core import Task, TaskModule
+from launcher.tasks.core import Task, TaskModule, update_all
 
 
 @dataclass
@@ -38,12 +38,7 @@ class SequenceClassificationModule(TaskModule):
 
     def update_metrics(self, metrics, batch, outputs, keep) -> None:
         logits = outputs.logits.detach().float()[keep]
-        labels = batch["labels"][keep]
-        if not len(labels):
-            return
-        preds = logits.squeeze(-1) if self.meta["regression"] else logits.argmax(-1)
-        for m in metrics.values():
-            m.update(preds, labels)
+        update_all(metrics, logits.squeeze(-1) if self.meta["regression"] else logits.argmax(-1), batch["labels"][keep])
 
 
 class SequenceClassification(Task):
