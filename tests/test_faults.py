@@ -36,9 +36,8 @@ def _config(model, files, out, epochs=2, every=5, **sections):
 
 def _run_dir(cfg) -> str:
     from launcher import storage
-    from launcher.config import storage_path
 
-    return os.path.join(storage_path(cfg), storage.run_name(cfg))
+    return os.path.join(cfg.storage_path(), storage.run_name(cfg))
 
 
 def _train_with_fault(ray_session, cfg, sig, seed, last=3):

@@ -53,12 +53,12 @@ SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
 
     from conftest import base_config, make_tiny_bert, sentiment_rows, write_csv
-    from launcher.distributed import cluster
     from launcher import export as export_lib
     from launcher import storage
     from launcher.training import fit as fit_lib
     from launcher.training import prepare as prepare_lib
     from launcher.config import ConfigError, to_dict
+    from launcher.distributed import cluster as launcher_cluster
 
     work = {work!r}
 
@@ -92,17 +92,17 @@ SCRIPT = textwrap.dedent("""
                       ray={{"address": cluster.address, "placement_strategy": "SPREAD", "cpus_per_worker": 1}})
     with open(os.path.join(work, "cfg.yaml"), "w") as f:
         yaml.safe_dump({{k: v for k, v in to_dict(cfg).items() if k != "tune"}}, f)
-    cluster.init_ray(cfg)
+    launcher_cluster.init_ray(cfg)
     nodes = len([n for n in ray.nodes() if n["Alive"]])
     try:
-        cluster.check_resources(cfg, ray.cluster_resources())
+        launcher_cluster.check_resources(cfg, ray.cluster_resources())
         refused = None
     except ConfigError as e:
         refused = str(e)
     # One machine: a folder here is "shared" by both nodes, so an explicit path is accepted.
     cfg.ray.storage_path = os.path.join(work, "shared-storage")
     prepared = prepare_lib.prepare(cfg)
-    cluster.check_resources(cfg, ray.cluster_resources())
+    launcher_cluster.check_resources(cfg, ray.cluster_resources())
     outcome = fit_lib.fit(cfg, prepared, name=storage.run_name(cfg), extra_loop_config={{"callbacks": [NodeOfRank()]}})
     results = export_lib.finish_run(cfg, prepared, outcome)
     ranks = {{r: open(os.path.join(work, f"node-of-rank-{{r}}")).read() for r in (0, 1)}}
