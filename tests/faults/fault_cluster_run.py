@@ -1,8 +1,8 @@
 """Run `launcher train` on a simulated 2-node Ray cluster and remove one node mid-run.
 
-Used by tests/test_faults.py in its own process (a `ray.cluster_utils.Cluster` cannot share a process
+Used by tests/faults/test_faults.py in its own process (a `ray.cluster_utils.Cluster` cannot share a process
 with the test session's Ray). Usage: fault_cluster_run.py CONFIG.yaml RUN_DIR; prints one JSON line:
-{"results": ..., "fault": ...}.
+{"results": ..., "fault": ...}. Needs the checkout's root on PYTHONPATH (for tests.helpers).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-import faults
+from tests.helpers import faults
 
 
 def main(config_path: str, run_dir: str) -> None:

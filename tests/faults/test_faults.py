@@ -1,7 +1,7 @@
 """Worker, node and driver loss: the run resumes from its latest checkpoint and ends where an
 uninterrupted run ends (same global_step, each epoch and step logged once, same exported model).
 
-Faults come from outside (tests/faults.py): a thread waits for the k-th checkpoint in the run's Ray
+Faults come from outside (tests/helpers/faults.py): a thread waits for the k-th checkpoint in the run's Ray
 storage and then kills a worker by PID, removes a node, or kills the driver. One short test runs in
 the default suite; the rest are `slow` (`make test-slow`).
 """
@@ -19,8 +19,9 @@ import time
 import pytest
 import yaml
 
-import faults
-from conftest import base_config
+from tests.helpers import faults
+from tests.helpers.config import base_config
+from tests.helpers.paths import REPO
 from launcher.data.sampling import optimizer_steps
 
 pytestmark = pytest.mark.ray
@@ -85,7 +86,7 @@ def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tiny_bert, se
 @pytest.fixture(scope="module")
 def reference(ray_session, tiny_bert, tmp_path_factory):
     """The uninterrupted run every slow fault test must reproduce."""
-    from conftest import sentiment_rows, write_csv
+    from tests.helpers.data import sentiment_rows, write_csv
     from launcher.commands import train as train_cmd
 
     d = tmp_path_factory.mktemp("reference")
@@ -127,7 +128,7 @@ def test_killed_driver_then_resume(tiny_bert, reference, tmp_path):
     path = _write_config(cfg, str(tmp_path / "cfg.yaml"))
     # Secrets live in the environment of every process (as on a cluster): none may reach a file.
     secrets = {"HF_TOKEN": "hf_" + "Qx7" * 12, "WANDB_API_KEY": "f" * 40, "AWS_SECRET_ACCESS_KEY": "s3cr3t/" + "K" * 33}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]), **secrets)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **secrets)
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "train", path], stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
@@ -168,7 +169,7 @@ def test_node_removed_from_two_node_cluster(tiny_bert, reference, tmp_path):
     cfg.ray.cpus_per_worker = 1.0  # one worker per 1-CPU node
     cfg.ray.storage_path = str(tmp_path / "shared-storage")  # "shared": every simulated node is this machine
     path = _write_config(cfg, str(tmp_path / "cfg.yaml"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, os.path.join(HERE, "fault_cluster_run.py"), path, _run_dir(cfg)],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -184,7 +185,7 @@ def test_node_removed_from_two_node_cluster(tiny_bert, reference, tmp_path):
 
 
 def _regression_files(tmp_path):
-    from conftest import sentiment_rows, write_csv
+    from tests.helpers.data import sentiment_rows, write_csv
 
     rows = [{"text": r["text"], "label": 0.9 if r["label"] == "pos" else 0.1} for r in sentiment_rows(N_TRAIN, seed=1)]
     rows[17]["label"] = float("inf")  # one poisoned row: on one rank only, once per epoch

@@ -21,7 +21,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from conftest import make_tiny_bert, sentiment_rows, write_csv
+from tests.helpers.data import sentiment_rows, write_csv
+from tests.helpers.models import make_tiny_bert
 
 VENV_BIN = os.path.dirname(sys.executable)
 

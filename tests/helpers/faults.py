@@ -1,4 +1,4 @@
-"""Fault injection from outside the code under test (imported by test_faults.py and fault_cluster_run.py).
+"""Fault injection from outside the code under test (imported by tests/faults/test_faults.py and fault_cluster_run.py).
 
 Nothing in launcher knows it is being tested: a thread watches the run's Ray storage for checkpoints
 and then kills a Ray Train worker by PID (found through Ray's state API of *this* test's cluster),

@@ -79,7 +79,8 @@ def bert_config_folder(path: str) -> str:
     """config.json + tokenizer only (no weights): what pretraining from scratch starts from."""
     from transformers import BertConfig
 
-    from conftest import SPECIALS as BERT_SPECIALS, WORDS as BERT_WORDS, write_bert_tokenizer
+    from tests.helpers.data import WORDS as BERT_WORDS
+    from tests.helpers.models import SPECIALS as BERT_SPECIALS, write_bert_tokenizer
 
     write_bert_tokenizer(path)
     BertConfig(vocab_size=len(BERT_SPECIALS) + len(BERT_WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -130,7 +131,7 @@ def write_jsonl(path: str, rows: list[dict]) -> str:
 
 def write_documents(path: str, n_docs: int, seed: int = 0, sentences: int = 6) -> str:
     """Documents separated by blank lines, one sentence per line, in the tiny BERT's vocabulary."""
-    from conftest import sentiment_rows
+    from tests.helpers.data import sentiment_rows
 
     rows = [r["text"] for r in sentiment_rows(n_docs * sentences, seed=seed)]
     docs = ["\n".join(rows[i : i + sentences]) for i in range(0, len(rows), sentences)]

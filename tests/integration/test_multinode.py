@@ -1,4 +1,4 @@
-"""Multi-node: node counting and storage rules, and a real run on a simulated 2-node cluster.
+"""A real run on a simulated 2-node cluster: SPREAD placement, the storage rule, metrics gathered across nodes.
 
 The 2-node run uses `ray.cluster_utils.Cluster` (a head and a worker node as separate Ray node
 processes on this machine) in a subprocess with its own RAY_TMPDIR, so neither this process's
@@ -15,50 +15,27 @@ import textwrap
 
 import pytest
 
-from cluster_helpers import isolated_ray_env
-from launcher.distributed import cluster
-from launcher.config import Config, ConfigError
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
-def _cfg(**ray) -> Config:
-    cfg = Config(output_dir="/tmp/somewhere/out")
-    for k, v in ray.items():
-        setattr(cfg.ray, k, v)
-    return cfg
-
-
-def test_local_storage_is_refused_on_several_nodes(monkeypatch):
-    monkeypatch.delenv("LAUNCHER_STORAGE", raising=False)
-    # Two nodes on one machine share node:<ip>; each adds 1 to it.
-    two_on_one_ip = {"CPU": 4.0, "node:10.0.0.1": 2.0, "node:__internal_head__": 1.0}
-    two_ips = {"CPU": 4.0, "node:10.0.0.1": 1.0, "node:10.0.0.2": 1.0, "node:__internal_head__": 1.0}
-    for resources in (two_on_one_ip, two_ips):
-        with pytest.raises(ConfigError, match="the cluster has 2 nodes but run storage is the local folder /tmp/somewhere/out/ray"):
-            cluster.check_resources(_cfg(), resources)
-        cluster.check_resources(_cfg(storage_path="s3://bucket/runs"), resources)
-        cluster.check_resources(_cfg(storage_path="/mnt/nfs/runs"), resources)  # explicit: the user says it is shared
-    cluster.check_resources(_cfg(), {"CPU": 4.0, "node:10.0.0.1": 1.0, "node:__internal_head__": 1.0})
-    monkeypatch.setenv("LAUNCHER_STORAGE", "gs://bucket/runs")
-    cluster.check_resources(_cfg(), two_ips)
+from tests.helpers.cluster import isolated_ray_env
+from tests.helpers.paths import REPO
 
 
 SCRIPT = textwrap.dedent("""
     import json, os, socket, sys
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {repo!r})
     import lightning.pytorch as pl
     import ray
     import yaml
     from ray.cluster_utils import Cluster
 
-    from conftest import base_config, make_tiny_bert, sentiment_rows, write_csv
+    from tests.helpers.config import base_config
+    from tests.helpers.data import sentiment_rows, write_csv
+    from tests.helpers.models import make_tiny_bert
+    from launcher.distributed import cluster as cluster_lib
     from launcher import export as export_lib
     from launcher import storage
     from launcher.training import fit as fit_lib
     from launcher.training import prepare as prepare_lib
     from launcher.config import ConfigError, to_dict
-    from launcher.distributed import cluster as launcher_cluster
 
     work = {work!r}
 
@@ -92,17 +69,17 @@ SCRIPT = textwrap.dedent("""
                       ray={{"address": cluster.address, "placement_strategy": "SPREAD", "cpus_per_worker": 1}})
     with open(os.path.join(work, "cfg.yaml"), "w") as f:
         yaml.safe_dump({{k: v for k, v in to_dict(cfg).items() if k != "tune"}}, f)
-    launcher_cluster.init_ray(cfg)
+    cluster_lib.init_ray(cfg)
     nodes = len([n for n in ray.nodes() if n["Alive"]])
     try:
-        launcher_cluster.check_resources(cfg, ray.cluster_resources())
+        cluster_lib.check_resources(cfg, ray.cluster_resources())
         refused = None
     except ConfigError as e:
         refused = str(e)
     # One machine: a folder here is "shared" by both nodes, so an explicit path is accepted.
     cfg.ray.storage_path = os.path.join(work, "shared-storage")
     prepared = prepare_lib.prepare(cfg)
-    launcher_cluster.check_resources(cfg, ray.cluster_resources())
+    cluster_lib.check_resources(cfg, ray.cluster_resources())
     outcome = fit_lib.fit(cfg, prepared, name=storage.run_name(cfg), extra_loop_config={{"callbacks": [NodeOfRank()]}})
     results = export_lib.finish_run(cfg, prepared, outcome)
     ranks = {{r: open(os.path.join(work, f"node-of-rank-{{r}}")).read() for r in (0, 1)}}
@@ -122,7 +99,7 @@ SCRIPT = textwrap.dedent("""
 def test_two_node_cluster_spread_placement(tmp_path):
     work = str(tmp_path)
     script = tmp_path / "two_nodes.py"
-    script.write_text(SCRIPT.format(tests=TESTS, work=work))
+    script.write_text(SCRIPT.format(repo=str(REPO), work=work))
     with isolated_ray_env() as env:
         r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -132,7 +109,7 @@ def test_two_node_cluster_spread_placement(tmp_path):
     assert out["ranks"]["0"] != out["ranks"]["1"]  # SPREAD: one worker per node
 
     results = out["results"]
-    # 96 rows over 2 workers: 48 per worker, batches and accumulation as configured (conftest.base_config).
+    # 96 rows over 2 workers: 48 per worker, batches and accumulation as configured (tests.helpers.config.base_config).
     assert results["global_step"] == out["expected"]["formula"] == out["expected"]["plan"]
     assert [e["epoch"] for e in results["epochs"]] == [1, 2]
     best = next(e for e in results["epochs"] if e["epoch"] == results["best_epoch"])

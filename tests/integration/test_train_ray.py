@@ -8,7 +8,9 @@ import os
 import pytest
 import torch
 
-from conftest import base_config, run_cli, sentiment_rows, write_csv
+from tests.helpers.cli import run_cli
+from tests.helpers.config import base_config
+from tests.helpers.data import sentiment_rows, write_csv
 from launcher.data.sampling import optimizer_steps
 
 pytestmark = pytest.mark.ray

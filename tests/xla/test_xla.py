@@ -22,14 +22,17 @@ os.environ.setdefault("PJRT_DEVICE", "CPU")
 # and compile time, not step time, is what these tiny models spend. Test speed only.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
-from conftest import base_config, run_cli, sentiment_rows, write_csv  # noqa: E402
+from tests.helpers.cli import run_cli  # noqa: E402
+from tests.helpers.config import base_config  # noqa: E402
+from tests.helpers.data import sentiment_rows, write_csv  # noqa: E402
+from tests.helpers.paths import REPO  # noqa: E402
 
 from launcher.commands import train as train_cmd  # noqa: E402
 from launcher.data.sampling import optimizer_steps_per_epoch  # noqa: E402
 
 pytestmark = [pytest.mark.xla, pytest.mark.timeout(1500)]
 
-MAIN_PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "python")
+MAIN_PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 
 
 def spread_files(tmp_path, n_train: int = 72) -> dict:

@@ -1,7 +1,7 @@
 """`launcher plan`: the numbers a run will have, without Ray, computed the way training computes them.
 
-The check against a real run's global_step is in test_submit.py (the launcher-submit job) and
-test_storage.py (the S3 run): each plans the exact config it then trains.
+The check against a real run's global_step is in tests/integration/test_submit.py (the launcher-submit
+job) and tests/integration/test_storage_s3.py (the S3 run): each plans the exact config it then trains.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ import time
 
 import pytest
 
-from conftest import base_config, sentiment_rows, write_csv, write_jsonl
+from tests.helpers.config import base_config
+from tests.helpers.data import sentiment_rows, write_csv, write_jsonl
 from launcher.commands import plan as plan_cmd
-from launcher.data import counting
-from launcher.distributed import memory
 from launcher.config import ConfigError
 from launcher.data.sampling import optimizer_steps
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.paths import REPO
 
 
 def test_steps_and_sizes_follow_the_training_formulas(tiny_bert, tmp_path):
@@ -47,37 +45,6 @@ def test_steps_and_sizes_follow_the_training_formulas(tiny_bert, tmp_path):
 
     cfg.train.max_steps = 7  # train.py then runs until exactly max_steps, across epochs
     assert plan_cmd.build(cfg)["steps"]["optimizer_steps_total"] == 7
-
-
-def test_row_counts_match_what_datasets_reads(tmp_path):
-    """Plan counts rows without `datasets`; every format must agree with launcher.data.read_file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from launcher.data.files import read_file
-
-    rows = sentiment_rows(23, seed=4)
-    rows[3]["text"] = 'a "quoted" text, with a comma\nand a newline'
-    csv_path = write_csv(str(tmp_path / "a.csv"), rows)
-    with open(csv_path, "a") as f:
-        f.write("\n\n")  # trailing blank lines: pandas skips them
-    tsv_path = str(tmp_path / "a.tsv")
-    with open(tsv_path, "w") as f:
-        f.write("text\tlabel\n" + "".join(f"{r['text'].splitlines()[0]}\t{r['label']}\n" for r in rows))
-    jsonl_path = write_jsonl(str(tmp_path / "a.jsonl"), rows)
-    with open(jsonl_path, "a") as f:
-        f.write("\n")
-    array_path = str(tmp_path / "a.json")
-    with open(array_path, "w") as f:
-        json.dump(rows, f)
-    parquet_path = str(tmp_path / "a.parquet")
-    pq.write_table(pa.Table.from_pylist(rows), parquet_path)
-    disk_path = str(tmp_path / "disk")
-    read_file("x", parquet_path).save_to_disk(disk_path)
-    for path in (csv_path, tsv_path, jsonl_path, array_path, parquet_path, disk_path):
-        assert counting.count_rows("data.train_file", path) == len(read_file("data.train_file", path)) == 23, path
-    with pytest.raises(ConfigError, match="file not found"):
-        counting.count_rows("data.train_file", str(tmp_path / "missing.csv"))
 
 
 def test_validation_split_and_sample_caps_match_load_splits(tiny_bert, tmp_path):
@@ -113,22 +80,6 @@ def test_parameters_from_the_header_and_from_the_meta_device(tiny_bert, tmp_path
     # fp32 AdamW with DDP: 4 bytes of weights, 4 of gradients, 8 of optimizer state per parameter.
     assert exact["bytes_per_worker"] == {"weights": 4 * exact["parameters"], "gradients": 4 * exact["parameters"],
                                          "optimizer_state": 8 * exact["parameters"]}
-
-
-def test_memory_by_precision_optimizer_and_strategy():
-    params = memory.Params(count=1000 * 10 + 10, shapes=[[1000, 10], [10]], source="test")
-    n = params.count
-    full = memory.memory_estimate(params, "32-true", "adamw", "ddp", 4)
-    assert full["total_bytes_per_worker"] == 16 * n
-    assert memory.memory_estimate(params, "bf16-mixed", "adamw", "ddp", 4)["total_bytes_per_worker"] == 16 * n
-    assert memory.memory_estimate(params, "bf16-true", "adamw", "ddp", 4)["total_bytes_per_worker"] == 8 * n
-    assert memory.memory_estimate(params, "32-true", "adamw", "fsdp", 4)["total_bytes_per_worker"] == 4 * n
-    assert memory.memory_estimate(params, "32-true", "adamw", "deepspeed", 4)["bytes_per_worker"] == {
-        "weights": 4 * n, "gradients": n, "optimizer_state": 2 * n}
-    # Adafactor: row (1000) + column (10) second moments for the matrix, a full one for the vector.
-    ada = memory.memory_estimate(params, "32-true", "adafactor", "ddp", 1)
-    assert ada["bytes_per_worker"]["optimizer_state"] == 4 * (1000 + 10 + 10)
-    assert memory.memory_estimate(memory.Params(None, [], "why"), "32-true", "adamw", "ddp", 1) == {"parameters": None, "source": "why"}
 
 
 def test_tune_section_adds_trials_and_search_space(tiny_bert, tmp_path, sentiment_files):
@@ -195,14 +146,3 @@ def test_tune_default_space_and_bad_space(tiny_bert, tmp_path, sentiment_files):
     with pytest.raises(ConfigError, match="tune.search_space.optim.lrr: unknown config key — did you mean optim.lr"):
         plan_cmd.build(cfg, tune=True)
     assert "tune" not in plan_cmd.build(cfg)["config"]  # a train plan does not show the unused section
-
-
-def test_conll_sentences_match_the_token_classification_reader(tmp_path):
-    from launcher.tasks.token_classification import read_conll
-
-    path = tmp_path / "ner.conll"
-    path.write_text("-DOCSTART- O\n\nalice B-PER\nlives O\n\n\nin O\nparis B-LOC\n-DOCSTART- O\nbob B-PER\n\n")
-    assert counting.conll_sentences("data.train_file", str(path)) == len(read_conll("data.train_file", str(path))) == 3
-    examples = os.path.join(REPO, "examples", "data", "ner_train.conll")
-    if os.path.exists(examples):
-        assert counting.conll_sentences("data.train_file", examples) == len(read_conll("data.train_file", examples))

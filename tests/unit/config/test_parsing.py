@@ -1,8 +1,7 @@
-"""The CLI surface: help, --print-config, overrides, the one-line errors, before anything heavy runs."""
+"""launcher.config.parsing: help, --print-config, overrides, the one-line errors, before anything heavy runs."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
@@ -10,9 +9,8 @@ import yaml
 
 from launcher.config import schema
 from launcher.__main__ import main
-from launcher.config import Config, ConfigError, validate
 
-from conftest import run_cli
+from tests.helpers.cli import run_cli
 
 
 def write_cfg(tmp_path, text: str) -> str:
@@ -78,36 +76,6 @@ def test_yaml_syntax_error_names_line(tmp_path, capsys):
     assert "YAML syntax error at line" in err and "cfg.yaml" in err
 
 
-@pytest.mark.parametrize("section,key,value,needle", [
-    ("optim", "lr", 0.0, "optim.lr: must be > 0"),
-    ("scheduler", "warmup_ratio", 1.0, "scheduler.warmup_ratio: must be in [0, 1)"),
-    ("train", "accumulate_grad_batches", 0, "train.accumulate_grad_batches: must be >= 1"),
-    ("ray", "num_workers", 0, "ray.num_workers: must be >= 1"),
-    ("ray", "strategy", "fsdp", "ray.strategy: fsdp needs GPUs"),
-])
-def test_validate_ranges(section, key, value, needle):
-    cfg = Config()
-    cfg.model.name_or_path = "m"
-    cfg.data.train_file = "x.csv"
-    setattr(getattr(cfg, section), key, value)
-    with pytest.raises(ConfigError, match=None) as e:
-        validate(cfg)
-    assert needle in str(e.value)
-
-
-def test_non_empty_output_dir_needs_overwrite(tmp_path, tiny_bert, sentiment_files):
-    from conftest import base_config
-    from launcher.training import prepare as prepare_lib
-
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "results.json").write_text("{}")
-    cfg = base_config(tiny_bert, sentiment_files, str(out))
-    with pytest.raises(ConfigError, match="output_dir: .* is not empty — pass --overwrite"):
-        prepare_lib.check_output_dir(cfg, overwrite=False, resume=False)
-    assert (out / "results.json").read_text() == "{}"
-
-
 def test_cli_error_is_fast_and_one_line(tmp_path):
     path = write_cfg(tmp_path, "model: {name_or_path: m}\ndata: {train_file: missing.csv}\n")
     start = time.time()
@@ -123,12 +91,3 @@ def test_debug_shows_traceback(tmp_path):
     proc = run_cli("train", path, "--debug")
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "data.train_file: file not found: missing.csv" in proc.stderr
-
-
-def test_all_sections_are_dataclasses_with_docs():
-    for f in dataclasses.fields(Config):
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-            cls = f.default_factory
-            source = __import__("inspect").getsource(cls)
-            for g in dataclasses.fields(cls):
-                assert f'{g.name}:' in source and '"""' in source.split(f"{g.name}:", 1)[1].split("\n", 2)[1], (cls.__name__, g.name)

@@ -10,7 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import base_config, make_tiny_bert, sentiment_rows, validate_then_evaluate_export, write_csv
+from tests.helpers.config import base_config
+from tests.helpers.data import sentiment_rows, write_csv
+from tests.helpers.models import make_tiny_bert
+from tests.helpers.tasks import validate_then_evaluate_export
 from launcher.__main__ import main as launcher_main
 from launcher.config import ConfigError
 from launcher.tasks.base import MeanPoolClassifier

@@ -10,9 +10,12 @@ import random
 import pytest
 import torch
 
-from conftest import base_config, make_tiny_bert, run_cli, write_csv
-from generative_fixtures import (FRENCH, bert_config_folder, summary_rows, tiny_bart, tiny_gpt2, tiny_t5, translation_rows,
-                                 word_tokenizer, write_documents, write_jsonl, write_lines)
+from tests.helpers.cli import run_cli
+from tests.helpers.config import base_config
+from tests.helpers.data import write_csv
+from tests.helpers.models import make_tiny_bert
+from tests.helpers.generative import (FRENCH, bert_config_folder, summary_rows, tiny_bart, tiny_gpt2, tiny_t5,
+                                      translation_rows, word_tokenizer, write_documents, write_jsonl, write_lines)
 from launcher.config import Config, ConfigError
 
 
@@ -57,7 +60,7 @@ def test_perplexity_is_exp_of_token_weighted_mean_loss(models, tmp_path):
     from launcher.training import prepare as prepare_lib
 
     rng = random.Random(0)
-    from generative_fixtures import sentence
+    from tests.helpers.generative import sentence
 
     docs = [" ".join(sentence(rng) for _ in range(k)) for k in (1, 5, 2, 4, 1)]
     files = {"train": write_csv(str(tmp_path / "train.csv"), [{"text": d} for d in docs]),

@@ -9,8 +9,10 @@ import random
 import pytest
 import torch
 
-from conftest import (FILLER, as_rank0_of_two, base_config, make_tiny_bert, validate_then_evaluate_export,
-                      write_jsonl)
+from tests.helpers.config import base_config
+from tests.helpers.data import FILLER, write_jsonl
+from tests.helpers.models import make_tiny_bert
+from tests.helpers.tasks import as_rank0_of_two, validate_then_evaluate_export
 from launcher.__main__ import main as launcher_main
 from launcher.config import ConfigError
 from launcher.tasks.question_answering import (SquadMetric, f1, feature_spans, normalize_answer, qa_features,
@@ -84,7 +86,7 @@ def test_null_score_threshold_decides_no_answer():
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from conftest import write_bert_tokenizer
+    from tests.helpers.models import write_bert_tokenizer
 
     path = str(tmp_path_factory.mktemp("tok"))
     write_bert_tokenizer(path)

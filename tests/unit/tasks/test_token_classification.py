@@ -9,8 +9,10 @@ import random
 import pytest
 import torch
 
-from conftest import (SPECIALS, as_rank0_of_two, base_config, make_tiny_bert, validate_then_evaluate_export,
-                      write_jsonl)
+from tests.helpers.config import base_config
+from tests.helpers.data import write_jsonl
+from tests.helpers.models import SPECIALS, make_tiny_bert
+from tests.helpers.tasks import as_rank0_of_two, validate_then_evaluate_export
 from launcher.__main__ import main as launcher_main
 from launcher.config import ConfigError
 from launcher.tasks.token_classification import (SeqevalMetric, TokenClassification, read_conll, seqeval_scores,

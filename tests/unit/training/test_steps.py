@@ -1,4 +1,4 @@
-"""Optimizer groups, schedules and exact optimizer-step counts for any workers x accumulation x data size.
+"""Exact optimizer-step counts and final learning rates for any workers x accumulation x data size.
 
 A rank of a W-worker run executes exactly what a single process does with TrainBatchSampler(rank, W):
 Lightning's step count depends only on the per-rank batch count and the accumulation. So these
@@ -8,74 +8,13 @@ then check the real multi-worker global_step against the same formula.
 
 from __future__ import annotations
 
-import math
-
 import lightning.pytorch as pl
 import pytest
-import torch
-from torch import nn
 
-from conftest import base_config, sentiment_rows, write_csv
+from tests.helpers.config import base_config
+from tests.helpers.data import sentiment_rows, write_csv
 from launcher import optim as optim_lib
-from launcher.config import OptimConfig, SchedulerConfig
-from launcher.data.sampling import TrainBatchSampler, batches_per_rank, optimizer_steps
-
-
-def test_no_decay_groups_by_module_type():
-    class RMSNormLike(nn.Module):  # a model file's own norm class, matched by type name
-        def __init__(self):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(4))
-
-    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), RMSNormLike(), nn.Embedding(10, 4))
-    decay, no_decay = optim_lib.parameter_groups(model, 0.1)
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    decay_ids = {id(p) for p in decay["params"]}
-    assert id(model[0].weight) in decay_ids and id(model[3].weight) in decay_ids
-    no_ids = {id(p) for p in no_decay["params"]}
-    assert {id(model[0].bias), id(model[1].weight), id(model[1].bias), id(model[2].weight)} <= no_ids
-
-
-def test_adamw_is_fused_or_foreach_and_adafactor_builds():
-    model = nn.Linear(4, 2)
-    opt = optim_lib.build_optimizer(model, OptimConfig(lr=1e-3))
-    assert isinstance(opt, torch.optim.AdamW)
-    assert opt.defaults.get("fused") or opt.defaults.get("foreach")
-    ada = optim_lib.build_optimizer(model, OptimConfig(name="adafactor", lr=1e-3))
-    assert type(ada).__name__ == "Adafactor" and ada.param_groups[0]["lr"] == 1e-3
-
-
-@pytest.mark.parametrize("name", ["linear", "cosine", "cosine_w_restarts", "polynomial", "constant"])
-def test_schedule_reaches_end_value_and_warms_up(name):
-    opt_cfg, sched_cfg = OptimConfig(lr=1e-3), SchedulerConfig(name=name, warmup_ratio=0.2, lr_end=1e-6)
-    p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=opt_cfg.lr)
-    total = 17
-    sched = optim_lib.build_scheduler(opt, sched_cfg, total)
-    lrs = []
-    for _ in range(total):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    warm = optim_lib.warmup_steps(sched_cfg, total)
-    assert warm == 4
-    assert lrs[0] == 0.0 and lrs[warm] == pytest.approx(1e-3)
-    assert opt.param_groups[0]["lr"] == pytest.approx(optim_lib.end_lr(opt_cfg, sched_cfg), abs=1e-12)
-
-
-def test_sampler_shards_cover_every_example_with_equal_counts():
-    lengths = [i % 7 + 1 for i in range(23)]
-    world, bs = 3, 4
-    seen = []
-    counts = set()
-    for rank in range(world):
-        s = TrainBatchSampler(lengths, bs, rank, world, seed=0, group_by_length=True)
-        batches = list(s)
-        counts.add(len(batches))
-        assert len(batches) == len(s) == batches_per_rank(23, world, bs)
-        seen += [i for b in batches for i in b]
-    assert len(counts) == 1
-    assert set(seen) == set(range(23)) and len(seen) == math.ceil(23 / world) * world
+from launcher.data.sampling import optimizer_steps
 
 
 def _fit_single_rank(tiny_bert, tmp_path, n, world, batch, acc, epochs, sched):
