@@ -218,7 +218,7 @@ def run_lightning(args) -> None:
     task, tok, splits, meta = tokenised(cfg)
     module = task.module(meta, tok)
     loaders = build_loaders(task, cfg, splits, tok, rank=0, world=1)
-    # As tests/test_steps_and_optim.py `_fit_single_rank` builds it (validation kept: same work as launcher).
+    # As tests/unit/training/test_steps.py `_fit_single_rank` builds it (validation kept: same work as launcher).
     trainer = pl.Trainer(max_epochs=args.epochs, accumulate_grad_batches=1, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, num_sanity_val_steps=0,

@@ -109,8 +109,7 @@ def main() -> int:
               "--logging.tensorboard", "false", "--logging.csv", "false", "--logging.progress_every_s", "600",
               "--checkpoint.num_to_keep", "1"]
     if args.quick:
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from conftest import make_tiny_bert
+        from tests.helpers.models import make_tiny_bert
 
         model = make_tiny_bert(os.path.join(args.output_dir, "tiny-bert"))
         common += ["--model.name_or_path", model, "--data.max_length", "32"]

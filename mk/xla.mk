@@ -24,4 +24,4 @@ venv-xla: $(XLA_STAMP)
 
 # PJRT_DEVICE=CPU: torch-xla's real compiler and runtime, on the CPU. About 25-40 minutes on 2 cores.
 test-xla: venv venv-xla
-	PJRT_DEVICE=CPU $(XLA_BIN)/python -m pytest -m xla -q tests/test_xla.py
+	PJRT_DEVICE=CPU $(XLA_BIN)/python -m pytest -m xla -q tests/xla/test_xla.py

@@ -20,7 +20,7 @@ START_TIMEOUT_ENV, START_TIMEOUT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "
 # in flight (ray.train.report's barrier, the wait for its checkpoint to be registered) stops serving
 # the controller's polls but does not exit until that call returns, and the call waits for the
 # controller: Ray Train declares such a worker dead only after 10 minutes without an answer. One
-# minute here: the group restarts from the latest checkpoint (tests/test_faults.py, sigterm). Not on
+# minute here: the group restarts from the latest checkpoint (tests/faults/test_faults.py, sigterm). Not on
 # TPU hosts, where an XLA compilation may keep a worker from answering for minutes.
 HEALTH_CHECK_ENV, HEALTH_CHECK_S, HEALTH_CHECK_XLA_S = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "60", "600"
 # The variables every runtime_env from init_ray sets (Ray refuses a job whose runtime_env sets them too).
