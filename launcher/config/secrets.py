@@ -31,6 +31,9 @@ _VALUE_PATTERNS = [
 # words of the name, so `tokenizer` or `max_tokens` are not secrets but `hf_token` and `apiKey` are.
 _KEY_WORDS = {"token", "secret", "password", "passwd", "apikey", "credential", "credentials", "auth"}
 _KEY_PAIRS = {("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key")}
+# A tokenizer's special tokens and their ids are not secrets: pad_token_id, eos_token, bos_token_ids, ...
+_TOKEN_SPECIALS = {"pad", "bos", "eos", "unk", "sep", "cls", "mask", "special", "decoder", "start", "end"}
+_TOKEN_AFTER = {"id", "ids", "type", "types", "length", "len", "count", "limit"}
 # Values that look like secrets but are not: a hub revision is often a 40-hex commit id.
 _EXEMPT_KEYS = {"model.revision"}
 
@@ -52,7 +55,12 @@ def find_secret(config: dict) -> Optional[tuple[str, str, str]]:
 def is_secret_key(name: str) -> bool:
     """True for key names like hf_token, WANDB_API_KEY, secretKey, password (not tokenizer)."""
     words = [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", name)]
-    return any(w in _KEY_WORDS for w in words) or any(pair in _KEY_PAIRS for pair in zip(words, words[1:]))
+    for i, w in enumerate(words):
+        if w == "token" and ((i > 0 and words[i - 1] in _TOKEN_SPECIALS) or (i + 1 < len(words) and words[i + 1] in _TOKEN_AFTER)):
+            continue  # a tokenizer's special token or a token count, not a credential
+        if w in _KEY_WORDS:
+            return True
+    return any(pair in _KEY_PAIRS for pair in zip(words, words[1:]))
 
 
 def mask(text: str) -> str:

@@ -61,3 +61,13 @@ def test_print_config_refuses_secrets(tmp_path, capsys):
                  "--logging.mlflow_tracking_uri", "https://bob:hunter2@h", "--print-config"])
     captured = capsys.readouterr()
     assert code == 2 and "hunter2" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("name, secret", [
+    ("hf_token", True), ("auth_token", True), ("access_token", True), ("WANDB_API_KEY", True), ("apiKey", True),
+    ("token", True), ("pad_token_id", False), ("eos_token", False), ("bos_token_ids", False), ("token_type_ids", False),
+    ("mask_token", False), ("max_tokens", False), ("tokenizer", False),
+])
+def test_special_token_names_are_not_secrets(name, secret):
+    """A tokenizer's special tokens (launcher.json meta, task options) are data, not credentials."""
+    assert secrets.is_secret_key(name) is secret
