@@ -53,9 +53,15 @@ def run(cfg: Config, model: str, split: str) -> dict:
     from launcher.model_files import read_export_info
     from launcher.tasks import get_task
 
+    from launcher.tasks import _peft
+
     model_dir = storage.local_model(model)
+    # An adapter (best/adapter/, or a best/ exported with peft.merge_on_export false) is scored on
+    # its base model, as PeftModel.from_pretrained(base, adapter) runs it.
+    model_dir = _peft.adapter_folder(model_dir) or model_dir
     info, _ = read_export_info(model_dir)
     cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.gguf_file, cfg.model.from_config = model_dir, None, None, False
+    cfg.peft.method = "none"  # the exported weights as they are: no new adapters on top
     task = get_task(cfg.task)(cfg)
     tokenizer = task.load_tokenizer()
     splits = task.load()

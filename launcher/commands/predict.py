@@ -58,9 +58,21 @@ def run(model: str, input_file: str, options: dict) -> list[dict]:
     from launcher.model_files import read_export_info
     from launcher.tasks import get_task
 
+    import tempfile
+
+    from launcher.tasks import _peft
+
     model_dir = storage.local_model(model)  # s3:// / gs:// URIs: a temporary local copy
-    info, cfg = read_export_info(model_dir)
+    adapter = _peft.adapter_folder(model_dir)
+    info, cfg = read_export_info(adapter or model_dir)
     task = get_task(info["task"])(cfg)
     ds = task.read("--input", input_file)
     task.check_split("predict", input_file, ds)
-    return task.predict(model_dir, ds, options)
+    if adapter is None:
+        return task.predict(model_dir, ds, options)
+    # An adapter folder: merged into its base in a temporary folder, which every task's predict
+    # (pipelines, generate) loads like any exported model.
+    from launcher.export import merge_adapter
+
+    with tempfile.TemporaryDirectory(prefix="launcher-merged-") as tmp:
+        return task.predict(merge_adapter(adapter, tmp), ds, options)

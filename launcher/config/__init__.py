@@ -4,7 +4,7 @@
 """
 
 from launcher.config.schema import (  # noqa: F401
-    PRECISIONS, SECTIONS, CheckpointConfig, Config, DataConfig, LoggingConfig, ModelConfig, OptimConfig, RayConfig,
+    PRECISIONS, SECTIONS, CheckpointConfig, Config, DataConfig, LoggingConfig, ModelConfig, OptimConfig, PeftConfig, RayConfig,
     SchedulerConfig, TrainConfig, TuneConfig, all_keys, default_mode, from_dict, require, to_dict,
 )
 from launcher.config.validate import validate  # noqa: F401

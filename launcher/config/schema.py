@@ -225,8 +225,8 @@ class RayConfig:
     """GPUs per worker when use_gpu."""
     tpus_per_worker: int = 4
     """accelerator tpu: TPU chips each worker reserves, all chips of one TPU host (v4/v5p hosts: 4; 8-chip v5e/v6e hosts: 8)."""
-    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
-    """Data-parallel strategy: ddp everywhere; fsdp and deepspeed on GPUs only."""
+    strategy: Literal["ddp", "fsdp", "fsdp2", "deepspeed"] = "ddp"
+    """Data-parallel strategy: ddp everywhere; fsdp2 (torch fully_shard per layer, Lightning's ModelParallelStrategy) on CPUs and GPUs; fsdp and deepspeed on GPUs only."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How workers are placed on nodes."""
     storage_path: Optional[str] = None
@@ -244,11 +244,47 @@ class RayConfig:
         require(self.tpus_per_worker >= 1, "ray.tpus_per_worker", f"must be >= 1, got {self.tpus_per_worker}")
         if self.strategy in ("fsdp", "deepspeed") and not (self.use_gpu or self.accelerator == "gpu"):
             raise ConfigError("ray.strategy", f"{self.strategy} needs GPUs",
-                              "set --ray.use_gpu true on a GPU cluster, or use --ray.strategy ddp on CPU")
+                              "set --ray.use_gpu true on a GPU cluster, or use --ray.strategy ddp (or fsdp2, which shards on CPUs too) on CPU")
         if self.accelerator == "gpu" and not self.use_gpu:
             raise ConfigError("ray.accelerator", "gpu needs ray.use_gpu true", "add --ray.use_gpu true")
         if self.accelerator == "tpu" and (self.use_gpu or self.strategy != "ddp"):
             raise ConfigError("ray.accelerator", "tpu runs its own XLA data parallelism", "leave ray.use_gpu false and ray.strategy ddp")
+
+
+PEFT_METHODS = ("none", "lora", "qlora")
+
+
+@dataclass
+class PeftConfig:
+    method: Literal["none", "lora", "qlora"] = "none"
+    """Parameter-efficient fine-tuning: none (train every weight), lora (low-rank adapters on a frozen base, peft library), qlora (lora on a 4-bit base: CUDA GPUs + bitsandbytes)."""
+    r: int = 8
+    """LoRA rank: size of each adapter's low-rank update."""
+    alpha: float = 16
+    """LoRA scaling: the update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input, in [0, 1)."""
+    target_modules: Optional[list[str]] = None
+    """Module names that get adapters (e.g. [q_proj, v_proj]); null: peft's default for the architecture, else every attention/MLP linear; [all]: every linear except the task head and the output embeddings."""
+    modules_to_save: Optional[list[str]] = None
+    """Modules trained fully besides the adapters (dotted names); null: the task's new head (classifier, qa_outputs, score, ...)."""
+    merge_on_export: bool = True
+    """best/ holds the adapters merged into the base (a plain transformers folder); best/adapter/ holds the adapter alone either way."""
+
+    def check(self) -> None:
+        require(self.r >= 1, "peft.r", f"must be >= 1, got {self.r}", "typical ranks are 4 to 64")
+        require(self.alpha > 0, "peft.alpha", f"must be > 0, got {self.alpha}", "typical values are r to 2 x r")
+        require(0 <= self.dropout < 1, "peft.dropout", f"must be in [0, 1), got {self.dropout}")
+        for key in ("target_modules", "modules_to_save"):
+            names = getattr(self, key)
+            ok = names is None or (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names))
+            require(ok, f"peft.{key}", f"must be null or a non-empty list of module names, got {names!r}",
+                    f"e.g. --peft.{key} '[q_proj, v_proj]', or leave it null")
+
+    @property
+    def enabled(self) -> bool:
+        """An adapter method is on (lora or qlora)."""
+        return self.method != "none"
 
 
 @dataclass
@@ -334,6 +370,8 @@ class Config:
     """Ray Train workers and storage."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Loggers and progress output."""
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    """Parameter-efficient fine-tuning (LoRA adapters on a frozen base model)."""
     tune: TuneConfig = field(default_factory=TuneConfig)
     """Hyperparameter search: used by `launcher tune` (ignored by `launcher train`)."""
     task_options: dict[str, Any] = field(default_factory=dict)

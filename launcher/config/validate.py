@@ -20,5 +20,12 @@ def validate(cfg: Config) -> None:
     cfg.train.check()
     cfg.checkpoint.check()
     cfg.ray.check()
+    cfg.peft.check()
+    if cfg.peft.method == "qlora" and not cfg.ray.use_gpu:
+        raise ConfigError("peft.method", "qlora needs CUDA GPUs (bitsandbytes 4-bit weights)",
+                          "set --ray.use_gpu true on a GPU cluster, or use --peft.method lora")
+    if cfg.peft.enabled and cfg.model.from_config:
+        raise ConfigError("peft.method", f"{cfg.peft.method} adapts pretrained weights, but model.from_config starts from random ones",
+                          "set --peft.method none to train from scratch, or --model.from_config false")
     if cfg.ray.accelerator == "tpu" and cfg.train.precision not in ("32-true", "32", "bf16-mixed", "bf16-true"):
         raise ConfigError("train.precision", f"{cfg.train.precision} is not available on TPUs (XLA)", "use bf16-mixed, bf16-true or 32-true")

@@ -124,7 +124,9 @@ class BackboneWithHead(nn.Module):
         self.backbone = backbone
         self.head = head
         self.config = backbone.config
-        self._backbone_inputs = set(inspect.signature(backbone.forward).parameters) - {"labels"}
+        # A LoRA backbone (peft's PeftModel) names fewer inputs than the model it wraps: ask the model.
+        inner = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+        self._backbone_inputs = set(inspect.signature(inner.forward).parameters) - {"labels"}
 
     def forward(self, **batch) -> HeadOutput:
         outputs = self.backbone(**{k: v for k, v in batch.items() if k in self._backbone_inputs})

@@ -21,6 +21,7 @@ from launcher.config.schema import Config
 from launcher.data import files as data_lib
 from launcher.errors import ConfigError, first_line
 from launcher.model_files import check_model_path, has_tokenizer_files
+from launcher.tasks import _peft
 
 
 @dataclasses.dataclass
@@ -65,6 +66,9 @@ class Task:
         from transformers import AutoConfig
 
         m = self.cfg.model
+        adapter = _peft.adapter_folder(m.name_or_path)
+        if adapter:  # an exported adapter: the architecture is its base model's
+            m = _peft.base_config(self.cfg, adapter).model
         check_model_path(m.name_or_path)
         try:
             kwargs = {"gguf_file": m.gguf_file} if m.gguf_file else {}
@@ -180,6 +184,10 @@ class TaskModule(pl.LightningModule):
         self.model = model if model is not None else task.build_model(meta)
         # from_pretrained returns eval mode and Lightning 2.6 keeps submodule modes: train for real.
         self.model.train()
+        #: LoRA: the base weights are frozen and rebuilt from the base model, so checkpoints hold only
+        #: the trainable tensors (and the strategies' own loading must not insist on the rest).
+        self.adapted = _peft.is_adapted(self.model)
+        self.strict_loading = not self.adapted
         import torchmetrics
 
         self.metrics = nn.ModuleDict({stage: self.build_metrics() for stage in ("val", "test")})
@@ -251,6 +259,47 @@ class TaskModule(pl.LightningModule):
         for m in self.metrics[stage].values():
             m.reset()
 
+    # ---------------------------------------------------------------- adapters, sharding, checkpoints
+    def trainable_keys(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this last in dump_checkpoint, after every strategy has gathered the state.
+        if self.adapted:
+            keep = self.trainable_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapted:
+            self._check_trainable_present(checkpoint.get("state_dict", {}))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # Adapted models: frozen base weights may be absent (they come from the base model); every
+        # trainable tensor must be there. Covers Lightning's restore and the best-epoch reload alike.
+        if self.adapted and strict:
+            self._check_trainable_present(state_dict)
+            strict = False
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _check_trainable_present(self, state_dict) -> None:
+        missing = sorted(self.trainable_keys() - set(state_dict))
+        if missing and state_dict:  # an empty dict: a sharded strategy's rank > 0, which loads from rank 0
+            raise RuntimeError(f"the checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}: "
+                               "was it written with other peft settings (r, target_modules, modules_to_save)?")
+
+    def configure_model(self) -> None:
+        # ray.strategy fsdp2: Lightning's ModelParallelStrategy wants the model sharded in this hook;
+        # the strategy knows how (launcher.distributed.strategy). Other strategies have no `shard`.
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None:
+            shard(self.model)
+
+    def on_train_start(self) -> None:
+        if self.global_rank == 0:
+            from launcher.console import say
+
+            say(f"[launcher] model: {_peft.describe(self.model)}")
+
     def configure_optimizers(self):
         device_type = self.device.type if isinstance(self.device, torch.device) else "cpu"
         optimizer = optim_lib.build_optimizer(self.model, self.cfg.optim, device_type)
@@ -285,7 +334,22 @@ def max_positions(model_config) -> Optional[int]:
 
 
 def load_model(auto_cls, cfg: Config, kwargs: dict, pretrained: bool = True) -> nn.Module:
-    """from_pretrained / from_config with the config's options (GGUF, trust_remote_code)."""
+    """from_pretrained / from_config with the config's options (GGUF, trust_remote_code), with LoRA
+    adapters when `peft.method` asks for them. An exported adapter folder as `model.name_or_path`
+    loads its base model with that adapter (trainable when peft is on: training continues it)."""
+    adapter = _peft.adapter_folder(cfg.model.name_or_path)
+    if adapter:
+        base = load_model(auto_cls, _peft.base_config(cfg, adapter), kwargs, pretrained)
+        return _peft.load_adapter(base, adapter, trainable=cfg.peft.enabled, pretrained=pretrained)
+    missing: list = []
+    model = _load_weights(auto_cls, cfg, kwargs, pretrained, missing)
+    if cfg.peft.enabled:
+        model = _peft.wrap(model, cfg.peft, auto_cls.__name__, missing)
+    return model
+
+
+def _load_weights(auto_cls, cfg: Config, kwargs: dict, pretrained: bool, missing: list) -> nn.Module:
+    """The transformers model; the checkpoint's missing keys (a new head) are appended to `missing`."""
     m = cfg.model
     common = {"trust_remote_code": m.trust_remote_code}
     if m.gguf_file:
@@ -298,7 +362,10 @@ def load_model(auto_cls, cfg: Config, kwargs: dict, pretrained: bool = True) -> 
             setattr(config, k, v)
         config.__dict__.pop("quantization_config", None)
         return auto_cls.from_config(config, trust_remote_code=m.trust_remote_code)
-    model = auto_cls.from_pretrained(m.name_or_path, revision=m.revision, **common, **kwargs)
+    if cfg.peft.method == "qlora":
+        common.update(_peft.quantization_kwargs(cfg))
+    model, info = auto_cls.from_pretrained(m.name_or_path, revision=m.revision, output_loading_info=True, **common, **kwargs)
+    missing.extend(info.get("missing_keys") or [])
     if m.gguf_file:
         # A GGUF-loaded model is de-quantized float32 but still carries its quantizer, which makes
         # save_pretrained refuse it; drop both so it saves as an ordinary safetensors folder.
