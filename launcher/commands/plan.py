@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -30,7 +30,7 @@ from launcher.console import size
 from launcher.data.counting import conll_sentences, count_rows, is_conll
 from launcher.data.files import SPLIT_KEYS
 from launcher.data.sampling import batches_per_rank, optimizer_steps_per_epoch
-from launcher.distributed.memory import Params, checkpoint_params, memory_estimate
+from launcher.distributed.memory import Params, checkpoint_params, lora_params, memory_estimate
 from launcher.distributed.trainer import worker_resources
 from launcher.optim import warmup_steps
 from launcher.training.prepare import check
@@ -75,11 +75,14 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
     check(cfg)
     t, r = cfg.train, cfg.ray
     world = r.num_workers
+    trainable = None
     if exact:
-        sizes, params, notes = _exact(cfg)
+        sizes, params, trainable, notes = _exact(cfg)
     else:
         sizes, notes = data_sizes(cfg)
         params = checkpoint_params(cfg)
+        if cfg.peft.enabled:
+            trainable = lora_params(cfg, params, _model_type(cfg))
     n_train = sizes["train"]
     batches = batches_per_rank(n_train, world, t.batch_size)
     steps_epoch = optimizer_steps_per_epoch(n_train, world, t.batch_size, t.accumulate_grad_batches)
@@ -133,7 +136,7 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
             "export_copy": storage.redact_uri(storage.join(store, name, "best")) if storage.is_uri(store) else None,
             "results": os.path.join(out, "results.json"),
         },
-        "memory": memory_estimate(params, t.precision, cfg.optim.name, r.strategy, world),
+        "memory": memory_estimate(params, t.precision, cfg.optim.name, r.strategy, world, trainable),
     }
     if tune:
         plan["tune"] = tune_plan(cfg, per_worker)
@@ -193,8 +196,11 @@ def data_sizes(cfg: Config) -> tuple[dict, list[str]]:
 # ---------------------------------------------------------------------- parameters and memory
 
 
-def _exact(cfg: Config) -> tuple[dict, Params, list]:
-    """The driver's real preparation (task reader + tokenizer) and the task's model on the meta device."""
+def _exact(cfg: Config) -> tuple[dict, Params, Optional[Params], list]:
+    """The driver's real preparation (task reader + tokenizer) and the task's model on the meta device.
+
+    Returns (sizes, parameters, trainable parameters when some are frozen (LoRA) else None, notes).
+    """
     import torch  # lazy: --exact only
 
     from launcher.training.prepare import prepare
@@ -202,10 +208,25 @@ def _exact(cfg: Config) -> tuple[dict, Params, list]:
     prepared = prepare(cfg)
     with torch.device("meta"):
         model = prepared.task.build_model(prepared.meta, pretrained=False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    params = Params(sum(p.numel() for p in trainable), [list(p.shape) for p in trainable],
-                    "the task's model built on the meta device (exact)")
-    return dict(prepared.sizes), params, []
+    source = "the task's model built on the meta device (exact)"
+    every = list(model.parameters())
+    trainable = [p for p in every if p.requires_grad]
+    if len(trainable) == len(every):
+        return dict(prepared.sizes), Params(sum(p.numel() for p in every), [list(p.shape) for p in every], source), None, []
+    # LoRA: the frozen base and the adapters that train, separately (memory_estimate adds them up).
+    frozen = [p for p in every if not p.requires_grad]
+    return (dict(prepared.sizes), Params(sum(p.numel() for p in frozen), [list(p.shape) for p in frozen], source),
+            Params(sum(p.numel() for p in trainable), [list(p.shape) for p in trainable], source + ": adapters and head"), [])
+
+
+def _model_type(cfg: Config) -> Optional[str]:
+    """config.json's model_type of a local model folder (no transformers import), else None."""
+    path = os.path.join(cfg.model.name_or_path, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------- tune
@@ -299,6 +320,9 @@ def render(plan: dict) -> str:
             f"optimizer {size(b['optimizer_state'])} = {size(mem['total_bytes_per_worker'])}",
             f"  sharding:           {mem['sharding']}",
         ]
+        if "trainable_parameters" in mem:
+            lines.insert(-2, f"  trainable:          {mem['trainable_parameters']:,} ({mem['trainable_source']}); "
+                             "gradients and optimizer state only for these")
     if "tune" in plan:
         tp = plan["tune"]
         lines += [

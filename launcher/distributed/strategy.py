@@ -23,6 +23,9 @@ def lightning_kwargs(cfg: Config, session, find_unused_parameters: bool = False)
         from launcher.distributed.xla.strategy import build_strategy
 
         return {"strategy": build_strategy(cfg, session.rank, session.world), "plugins": [], "accelerator": "auto", "devices": 1}
+    if r.strategy == "fsdp2":
+        return {"strategy": ray_fsdp2_strategy(session), "plugins": [RayLightningEnvironment()],
+                "accelerator": "gpu" if r.use_gpu else "cpu", "devices": 1}
     if r.strategy == "fsdp":
         from ray.train.lightning import RayFSDPStrategy
 
@@ -55,15 +58,66 @@ def prepare_trainer(trainer):
 
     prepare_trainer only validates that the strategy and environment are Ray's classes
     (ray/train/lightning/_lightning_utils.py); single-worker and XLA runs use Lightning's
-    single-device strategies (RayXLAStrategy is one) and are left alone.
+    single-device strategies (RayXLAStrategy is one) and fsdp2 Lightning's ModelParallelStrategy
+    (with Ray's environment plugin): those are left alone.
     """
-    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from lightning.pytorch.strategies import ModelParallelStrategy, SingleDeviceStrategy
 
-    if isinstance(trainer.strategy, SingleDeviceStrategy):
+    if isinstance(trainer.strategy, (SingleDeviceStrategy, ModelParallelStrategy)):
         return trainer
     from ray.train.lightning import prepare_trainer as ray_prepare_trainer
 
     return ray_prepare_trainer(trainer)
+
+
+def ray_fsdp2_strategy(session):
+    """FSDP2 on Ray workers: Lightning's ModelParallelStrategy (data parallel over all `world` workers,
+    no tensor parallelism), on the session's device, sharding each transformer layer and then the whole
+    model with torch's `fully_shard` (TaskModule.configure_model calls `shard`).
+
+    Unlike FSDP1 (ray.strategy fsdp, Lightning's FSDPStrategy), it runs on CPUs (gloo) too, and a
+    unit may mix frozen and trainable parameters, as LoRA's do. Checkpoints are one full file on
+    rank 0 (what Ray stores and launcher exports), not a folder of shards.
+    """
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    class RayFSDP2Strategy(ModelParallelStrategy):
+        @property
+        def root_device(self):
+            return session.device()
+
+        @property
+        def distributed_sampler_kwargs(self):
+            return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+        def shard(self, model) -> None:
+            shard_model(model, self.device_mesh["data_parallel"])
+
+    return RayFSDP2Strategy(data_parallel_size=session.world, tensor_parallel_size=1, save_distributed_checkpoint=False)
+
+
+def shard_model(model, mesh) -> None:
+    """fully_shard every transformer layer (the classes in transformers' `_no_split_modules`), then
+    each transformers model and the whole `model`; a model sharded already is left as it is (the
+    hook runs again for `trainer.test`)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return
+    layers: set = set()
+    roots = []
+    for m in model.modules():
+        if hasattr(m, "_no_split_modules") and hasattr(m, "config"):
+            layers.update(m._no_split_modules or [])
+            if not any(m is r or any(m is x for x in r.modules()) for r in roots):
+                roots.append(m)
+    for m in list(model.modules()):
+        if type(m).__name__ in layers:
+            fully_shard(m, mesh=mesh)
+    for r in roots:
+        if r is not model:
+            fully_shard(r, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def worker_callbacks(cfg: Config) -> list:

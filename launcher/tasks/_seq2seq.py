@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from launcher.errors import ConfigError
+from launcher.tasks import _prompts as prompts
 from launcher.tasks.core import Task, TaskModule, max_positions
 
 #: `launcher predict --option` keys for seq2seq generation, besides batch_size/device
@@ -42,6 +43,8 @@ class GenerationOptions:
     """Generate (and compute text metrics) every N epochs and at the last; 0: only for the test split."""
     source_prefix: str = ""
     """Text put before every source (T5 style, e.g. 'summarize: ' or 'translate English to German: ')."""
+    decoder_only: bool = False
+    """Train a decoder-only (causal LM) model instead: source then target in one sequence (the tokenizer's chat template when it has one), loss on the target only, generation from the source alone."""
 
     def __post_init__(self):
         if self.num_beams < 1:
@@ -60,11 +63,15 @@ def check_seq2seq_model(task, model_config, tokenizer) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
     model_type = getattr(model_config, "model_type", "?")
+    if task.options.decoder_only:
+        check_decoder_only_model(task, model_config, tokenizer)
+        return
     if not getattr(model_config, "is_encoder_decoder", False) or model_type not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
         raise ConfigError("model.name_or_path", f"{task.name} needs an encoder-decoder (seq2seq) model; {model_type} is decoder-only"
                           if not getattr(model_config, "is_encoder_decoder", False) else
                           f"{task.name} needs a seq2seq LM; transformers has none for {model_type}",
-                          "use a T5/BART-style model, or --task language-modeling for a decoder-only model")
+                          "use a T5/BART-style model, --task_options.decoder_only true to train a decoder-only model on "
+                          "source → target, or --task language-modeling")
     decoder = getattr(model_config, "decoder", None) or model_config
     limit = max_positions(decoder)
     length = task.options.max_target_length
@@ -73,6 +80,22 @@ def check_seq2seq_model(task, model_config, tokenizer) -> None:
                           f"use --task_options.max_target_length {limit} or less")
     if tokenizer.pad_token is None:
         raise ConfigError("model.tokenizer", "the tokenizer has no pad token", "use a tokenizer with a pad token (seq2seq batches are padded)")
+
+
+def check_decoder_only_model(task, model_config, tokenizer) -> None:
+    """task_options.decoder_only: a causal LM head, prompt + target within the model's positions, a pad token."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(model_config, "model_type", "?")
+    if getattr(model_config, "is_encoder_decoder", False) or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError("task_options.decoder_only", f"{model_type} is not a decoder-only model with a causal LM head",
+                          "leave task_options.decoder_only false for encoder-decoder models (T5, BART)")
+    limit = max_positions(model_config)
+    total = task.cfg.data.max_length + task.options.max_target_length
+    if limit and total > limit:
+        raise ConfigError("task_options.max_target_length", f"data.max_length + max_target_length = {total} is above the "
+                          f"model's {limit} positions (source and target share one sequence)", "lower either")
+    prompts.check_tokenizer(tokenizer, prompts.prompt_format(tokenizer))
 
 
 def encode_seq2seq(task, splits: dict, tokenizer, sources: Callable, targets: Callable) -> dict:
@@ -122,10 +145,15 @@ def seq2seq_meta(model_config, tokenizer) -> dict:
 
 
 def build_seq2seq_model(task, meta: dict, pretrained: bool = True):
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from launcher.tasks.core import load_model
 
+    if meta.get("decoder_only"):
+        model = load_model(AutoModelForCausalLM, task.cfg, {}, pretrained=pretrained)
+        configure_generation(model, task.options)
+        model.generation_config.pad_token_id = meta.get("pad_token_id")
+        return model
     kwargs = {k: meta[k] for k in ("decoder_start_token_id", "pad_token_id") if k in meta}
     model = load_model(AutoModelForSeq2SeqLM, task.cfg, kwargs, pretrained=pretrained)
     configure_generation(model, task.options)
@@ -148,6 +176,14 @@ def generate_batches(model_dir: str, sources: list[str], options: dict, defaults
     unknown = sorted(set(options) - set(GENERATE_OPTIONS) - {"batch_size", "device"})
     if unknown:
         raise ConfigError("--option", f"unknown option {unknown[0]!r}", "valid: " + ", ".join(GENERATE_OPTIONS))
+    from launcher.model_files import read_export_info
+
+    meta = read_export_info(model_dir)[0].get("meta") or {}
+    if meta.get("decoder_only"):
+        # Only the continuation comes back: the source is the prompt.
+        return prompts.predict_texts(model_dir, [defaults.source_prefix + s for s in sources], meta["prompt_format"],
+                                     meta.get("max_length", 10**6), options,
+                                     {"num_beams": defaults.num_beams, "max_new_tokens": defaults.max_target_length})
     if "seed" in options:
         set_seed(int(options["seed"]))
     device = torch.device("cpu") if options.get("device", -1) < 0 else torch.device("cuda", options["device"])
@@ -211,7 +247,7 @@ class Seq2SeqModule(TaskModule):
     `task.text_metrics()` (torchmetrics built with sync_on_compute=False), `task.update_text_metrics(metrics,
     predictions, references)` and `task.text_metric_values(metrics)` (name → value)."""
 
-    side_keys = ("_pad", "_index", "_target")
+    side_keys = ("_pad", "_index", "_target", *prompts.PROMPT_KEYS)
 
     def __init__(self, task, meta, tokenizer=None, model=None):
         super().__init__(task, meta, tokenizer, model)
@@ -246,8 +282,12 @@ class Seq2SeqModule(TaskModule):
         if self.generate_now(stage):
             self.generated[stage] = True
             o = self.task.options
-            generated = self.model.generate(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                                            num_beams=o.num_beams, max_new_tokens=o.max_target_length)
+            if self.meta.get("decoder_only"):  # from the prompt alone; the continuation only
+                generated = prompts.generate_continuations(self.model, self.tokenizer, batch["_prompt_ids"], batch["_prompt_mask"],
+                                                           num_beams=o.num_beams, max_new_tokens=o.max_target_length)
+            else:
+                generated = self.model.generate(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                                                num_beams=o.num_beams, max_new_tokens=o.max_target_length)
         return SimpleNamespace(loss=loss, tokens=tokens, generated=generated, stage=stage)
 
     def eval_loss_weight(self, batch, outputs, keep) -> int:
@@ -259,7 +299,7 @@ class Seq2SeqModule(TaskModule):
         ids = outputs.generated
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         # Generated length without the decoder start token and padding (as HF's gen_len).
-        lengths = (ids[:, 1:] != self.tokenizer.pad_token_id).sum(-1).tolist()
+        lengths = ((ids if self.meta.get("decoder_only") else ids[:, 1:]) != self.tokenizer.pad_token_id).sum(-1).tolist()
         indices = batch["_index"].tolist() if "_index" in batch else list(range(len(texts)))
         rows = zip(indices, texts, batch["_target"], lengths, keep.tolist())
         self.generations[outputs.stage].extend((i, t, r, n) for i, t, r, n, k in rows if k)
@@ -312,11 +352,23 @@ class Seq2SeqTask(Task):
         check_seq2seq_model(self, model_config, tokenizer)
 
     def prepare(self, splits, tokenizer, meta=None):
+        if self.options.decoder_only or (meta or {}).get("decoder_only"):
+            return self.prepare_decoder_only(splits, tokenizer, meta)
         out = encode_seq2seq(self, splits, tokenizer, self.sources, self.targets)
         return out, meta if meta is not None else seq2seq_meta(self.model_config(), tokenizer)
 
+    def prepare_decoder_only(self, splits, tokenizer, meta=None):
+        d, o = self.cfg.data, self.options
+        fmt = meta["prompt_format"] if meta else prompts.prompt_format(tokenizer)
+        prompts.check_tokenizer(tokenizer, fmt)
+        out = {split: prompts.encode_rows(ds, tokenizer, lambda b: [o.source_prefix + s for s in self.sources(b)], self.targets, fmt,
+                                          d.max_length, o.max_target_length, keep_target=split != "train",
+                                          num_proc=d.preprocessing_num_workers, desc=f"tokenizing {split}")
+               for split, ds in splits.items()}
+        return out, {"decoder_only": True, "prompt_format": fmt, "pad_token_id": tokenizer.pad_token_id, "max_length": d.max_length}
+
     def collator(self, tokenizer):
-        return seq2seq_collator(tokenizer)
+        return prompts.PromptCollator(tokenizer) if self.options.decoder_only else seq2seq_collator(tokenizer)
 
     def build_model(self, meta, pretrained=True):
         return build_seq2seq_model(self, meta, pretrained)

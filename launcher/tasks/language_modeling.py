@@ -26,6 +26,7 @@ from launcher.errors import ConfigError
 from launcher.data.files import require_columns
 from launcher.errors import first_line
 from launcher.model_files import read_export_info
+from launcher.tasks import _prompts as prompts
 from launcher.tasks.core import Task, TaskModule, max_positions
 
 OBJECTIVES = ("causal", "masked")
@@ -41,12 +42,20 @@ class Options:
     """masked: fraction of tokens selected for prediction (80% [MASK], 10% random, 10% kept)."""
     packing: bool = True
     """Concatenate texts and cut them into data.block_size blocks; false: one padded example per document."""
+    prompt_column: Optional[str] = None
+    """Prompt → response data (causal only): the prompt column; the loss is on the response (chat template when the tokenizer has one)."""
+    response_column: Optional[str] = None
+    """Prompt → response data: the response column (set with prompt_column)."""
 
     def __post_init__(self):
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be causal or masked, got {self.objective!r}")
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if (self.prompt_column is None) != (self.response_column is None):
+            raise ValueError("prompt_column and response_column go together: set both, or neither")
+        if self.prompt_column is not None and self.objective == "masked":
+            raise ValueError("prompt_column/response_column train a causal model: leave objective causal")
 
 
 # ---------------------------------------------------------------------- model choice
@@ -176,7 +185,7 @@ class LMCollator:
             ids = torch.tensor(r["input_ids"], dtype=torch.long)
             special = r.pop("special_tokens_mask", None)
             if self.masker is None:
-                r["labels"] = ids.tolist()
+                r.setdefault("labels", ids.tolist())  # prompt → response rows bring their own (-100 on the prompt)
                 continue
             index = int(side["_index"][i]) if "_index" in side else None
             self.masker.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index) if index is not None else None
@@ -223,6 +232,8 @@ def perplexity(loss: float) -> float:
 
 
 class LanguageModelingModule(TaskModule):
+    side_keys = ("_pad", "_index", *prompts.PROMPT_KEYS)
+
     def eval_forward(self, batch, stage):
         inputs = self.model_inputs(batch)
         labels = inputs.pop("labels")
@@ -268,6 +279,13 @@ class LanguageModeling(Task):
         return read_text(key, path)
 
     def check_split(self, split, path, ds) -> None:
+        o = self.options
+        if o.prompt_column:
+            cols = {"task_options.prompt_column": o.prompt_column}
+            if split != "predict":
+                cols["task_options.response_column"] = o.response_column
+            require_columns(f"data.{split}_file", path, ds, cols)
+            return
         require_columns(f"data.{split}_file", path, ds, {"data.text_column": self.cfg.data.text_column})
 
     # ---------------------------------------------------------------- data
@@ -276,7 +294,18 @@ class LanguageModeling(Task):
             self.objective, self.block_size = meta["objective"], meta["block_size"]
         elif self.objective is None or self.block_size is None:
             self.check_model(self.model_config(), tokenizer)
-        d = self.cfg.data
+        d, o = self.cfg.data, self.options
+        if o.prompt_column:  # prompt → response: one example per row, loss on the response
+            fmt = meta["prompt_format"] if meta and "prompt_format" in meta else prompts.prompt_format(tokenizer)
+            prompts.check_tokenizer(tokenizer, fmt)
+            budget = max(self.block_size - 1, 1)
+            out = {split: prompts.encode_rows(ds, tokenizer, lambda b: b[o.prompt_column], lambda b: b.get(o.response_column), fmt,
+                                              min(d.max_length, budget), budget, keep_target=False,
+                                              num_proc=d.preprocessing_num_workers, desc=f"tokenizing {split}")
+                   for split, ds in splits.items()}
+            out = {k: v.map(lambda r: {k2: v2[: self.block_size] for k2, v2 in r.items() if k2 in ("input_ids", "labels")},
+                            desc="cutting to block_size") for k, v in out.items()}
+            return out, {"objective": "causal", "block_size": self.block_size, "prompt_format": fmt, "max_length": min(d.max_length, budget)}
         out = {}
         for split, ds in splits.items():
             out[split] = encode_lm(ds, tokenizer, d.text_column, self.objective, self.block_size, self.options.packing,
@@ -285,6 +314,8 @@ class LanguageModeling(Task):
         return out, {"objective": self.objective, "block_size": self.block_size}
 
     def collator(self, tokenizer):
+        if self.options.prompt_column:
+            return prompts.PromptCollator(tokenizer)
         return LMCollator(tokenizer, self.objective_of(), self.options.mlm_probability, self.cfg.train.seed)
 
     def objective_of(self, meta: Optional[dict] = None) -> str:
@@ -309,6 +340,12 @@ class LanguageModeling(Task):
     # ---------------------------------------------------------------- predict
     def predict(self, model_dir, ds, options):
         info, _ = read_export_info(model_dir)
+        meta = info["meta"]
+        if meta.get("prompt_format"):  # prompt → response: the continuation of each prompt, as trained
+            texts = list(ds[self.options.prompt_column])
+            defaults = {"max_new_tokens": 50}
+            outs = prompts.predict_texts(model_dir, texts, meta["prompt_format"], meta["max_length"], options, defaults)
+            return [{"prompt": p, "generated_text": g} for p, g in zip(texts, outs)]
         # Lines of a .txt input keep their line break (see read_text); a prompt should not end with one.
         texts = [t.rstrip("\r\n") if isinstance(t, str) else t for t in ds[self.cfg.data.text_column]]
         if info["meta"]["objective"] == "causal":
