@@ -56,7 +56,9 @@ _FIXED = {
     "checkpoint.monitor": "trials are ranked by tune.metric",
     "checkpoint.mode": "trials are ranked by tune.mode",
 }
-_ALLOWED_DATA_KEYS = {"data.num_workers"}  # DataLoader processes: not part of the tokenised data
+_ALLOWED_DATA_KEYS = {"data.num_workers"}
+#: keys that change which tensors a LoRA model has (a PBT copy between trials would not load)
+_ADAPTER_SHAPE_KEYS = {"peft.method", "peft.r", "peft.target_modules", "peft.modules_to_save"}  # DataLoader processes: not part of the tokenised data
 
 STATUSES = ("finished", "stopped early", "failed", "not started")
 
@@ -265,6 +267,11 @@ def validate_search(cfg: Config, dims: list[Dimension], samples: int = 8) -> Non
     if t.scheduler == "pbt":
         require(not any(d.kind == "grid" for d in dims), "tune.scheduler", "pbt perturbs values, it does not take grid values",
                 "use choice instead of grid")
+        # PBT loads one trial's checkpoint into another: the adapters must have the same shapes.
+        shaped = [d.key for d in dims if d.key in _ADAPTER_SHAPE_KEYS]
+        require(not shaped, f"tune.search_space.{shaped[0] if shaped else ''}",
+                "pbt copies weights between trials, so it cannot search keys that change the adapters' shapes",
+                "search it with asha or fifo, or search peft.alpha/peft.dropout instead")
     for d in dims:
         for value in d.edge_values():
             _validate_sample(cfg, {d.key: value}, f"tune.search_space.{d.key}")

@@ -199,7 +199,8 @@ def base_model(adapter_dir: str) -> dict:
     if base is None:
         with open(os.path.join(adapter_dir, ADAPTER_CONFIG)) as f:
             base = {"name_or_path": json.load(f).get("base_model_name_or_path")}
-    if not base.get("name_or_path") or not os.path.exists(base["name_or_path"]) and base["name_or_path"].startswith("/"):
+    path = base.get("name_or_path")
+    if not path or (os.path.isabs(path) and not os.path.exists(path)):
         raise ConfigError("model.name_or_path", f"the base model of the adapter {adapter_dir} is not on this machine "
                           f"({base.get('name_or_path')})", "use the merged model (best/) or put the base model at that path")
     return base

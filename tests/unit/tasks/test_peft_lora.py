@@ -65,6 +65,18 @@ def test_peft_keys_are_searchable():
         space_lib.validate_search(cfg, space_lib.parse_space(cfg))
 
 
+def test_pbt_cannot_search_adapter_shapes():
+    from launcher.search import space as space_lib
+
+    cfg = _cfg(method="lora")
+    cfg.tune.scheduler, cfg.tune.num_samples = "pbt", 4
+    cfg.tune.search_space = {"peft.r": {"choice": [4, 8]}}
+    with pytest.raises(ConfigError, match="tune.search_space.peft.r: pbt copies weights between trials"):
+        space_lib.validate_search(cfg, space_lib.parse_space(cfg))
+    cfg.tune.search_space = {"peft.alpha": {"choice": [8, 16]}}
+    space_lib.validate_search(cfg, space_lib.parse_space(cfg))
+
+
 # ---------------------------------------------------------------------- which modules
 
 
