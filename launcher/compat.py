@@ -81,6 +81,16 @@ def tied_weight_keys(model) -> set:
     return keys
 
 
+def no_split_modules(model) -> Optional[list]:
+    """Class names of a transformers model's layers that must stay whole (`PreTrainedModel._no_split_modules`:
+    its decoder/encoder blocks); None for modules that are not transformers models. FSDP2 shards one unit per such layer."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        return None
+    return list(getattr(model, "_no_split_modules", None) or [])
+
+
 # ---------------------------------------------------------------------- Ray 2.60
 
 
@@ -212,6 +222,12 @@ def checks() -> dict[str, Any]:
         model = BertForMaskedLM(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
                                             intermediate_size=8))
         assert "cls.predictions.decoder.weight" in tied_weight_keys(model)
+
+    def transformers_no_split_modules():
+        from transformers import BertConfig, BertModel
+
+        model = BertModel(BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8))
+        assert "BertLayer" in no_split_modules(model)
 
     def ray_trainer_callbacks():
         from ray.train.torch import TorchTrainer

@@ -102,14 +102,17 @@ def shard_model(model, mesh) -> None:
     hook runs again for `trainer.test`)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
+    from launcher import compat
+
     if isinstance(model, FSDPModule):
         return
     layers: set = set()
     roots = []
     for m in model.modules():
-        if hasattr(m, "_no_split_modules") and hasattr(m, "config"):
-            layers.update(m._no_split_modules or [])
-            if not any(m is r or any(m is x for x in r.modules()) for r in roots):
+        names = compat.no_split_modules(m)
+        if names is not None:
+            layers.update(names)
+            if not any(any(m is x for x in r.modules()) for r in roots):
                 roots.append(m)
     for m in list(model.modules()):
         if type(m).__name__ in layers:
