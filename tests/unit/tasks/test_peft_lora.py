@@ -149,16 +149,34 @@ def lora_run(tmp_path, tiny_bert):
     cfg = base_config(tiny_bert, files, str(tmp_path / "out"), peft=dict(LORA), ray={"num_workers": 1})
     p = prepare.prepare(cfg)
 
-    def fit(epochs: int, ckpt_path=None, save_at_end=None):
+    class Crash(RuntimeError):
+        pass
+
+    class CheckpointThenCrash(pl.Callback):
+        """Saves a checkpoint after optimizer step `at` and dies, as a worker lost right after a report."""
+
+        def __init__(self, at: int, path: str):
+            self.at, self.path = at, path
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == self.at:
+                trainer.save_checkpoint(self.path)
+                raise Crash()
+
+    def fit(epochs: int, ckpt_path=None, save_at_end=None, crash_at=None):
+        from launcher.training.resume import LoaderPosition
+
         pl.seed_everything(0, verbose=False)
         module = p.task.module(p.meta, p.tokenizer)
         loaders = loop.build_loaders(p.task, cfg, p.splits, p.tokenizer, 0, 1)
-        from launcher.training.resume import LoaderPosition
-
+        callbacks = [LoaderPosition(loaders["train"])] + ([CheckpointThenCrash(*crash_at)] if crash_at else [])
         trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=2, logger=False, enable_progress_bar=False,
-                             enable_model_summary=False, enable_checkpointing=False, accelerator="cpu",
-                             callbacks=[LoaderPosition(loaders["train"])])
-        trainer.fit(module, loaders["train"], loaders["validation"], ckpt_path=ckpt_path)
+                             enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", callbacks=callbacks)
+        if crash_at:
+            with pytest.raises(Crash):
+                trainer.fit(module, loaders["train"], loaders["validation"], ckpt_path=ckpt_path)
+        else:
+            trainer.fit(module, loaders["train"], loaders["validation"], ckpt_path=ckpt_path)
         if save_at_end:
             trainer.save_checkpoint(save_at_end)
         return module, loaders
@@ -189,8 +207,8 @@ def test_only_adapters_and_head_change_and_checkpoints_hold_only_them(lora_run, 
 def test_resume_from_a_trainable_only_checkpoint_is_exact(lora_run, tmp_path):
     cfg, p, fit = lora_run
     straight, _ = fit(2)
-    ckpt = str(tmp_path / "e1.ckpt")
-    fit(1, save_at_end=ckpt)
+    ckpt = str(tmp_path / "step3.ckpt")
+    fit(2, crash_at=(3, ckpt))  # mid-epoch 1 (6 optimizer steps per epoch)
     resumed, _ = fit(2, ckpt_path=ckpt)
     for k, v in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0, msg=k)
@@ -266,7 +284,7 @@ def _task_cases(tmp_path, tiny_bert):
     return {
         "sequence-classification": (tiny_bert, {"train": write_csv(str(tmp_path / "s.csv"), sentiment_rows(8))}, {}, "classifier"),
         "token-classification": (tiny_bert, {"train": j("n.jsonl", ner)}, {}, "classifier"),
-        "question-answering": (tiny_bert, {"train": j("q.jsonl", qa)}, {}, "qa_outputs"),
+        "question-answering": (tiny_bert, {"train": j("q.jsonl", qa)}, {"doc_stride": 8}, "qa_outputs"),
         "base": (tiny_bert, {"train": write_csv(str(tmp_path / "b.csv"), sentiment_rows(8))},
                  {"head": "launcher.tasks.base:MeanPoolClassifier"}, "head"),
         "language-modeling": (gpt2, {"train": write_lines(str(tmp_path / "l.txt"), 16)}, {}, None),
