@@ -112,11 +112,14 @@ class PromptCollator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def __call__(self, rows: list[dict]) -> dict:
-        from launcher.tasks.language_modeling import pad_rows
-
         side = {k: [r.pop(k) for r in rows] for k in ("_pad", "_index", "_target") if k in rows[0]}
         prompts = [r.pop("prompt_ids") for r in rows]
-        batch = pad_rows(rows, {"input_ids": self.pad_id, "labels": -100}) if "input_ids" in rows[0] else {}
+        batch = {}
+        if "input_ids" in rows[0]:
+            width = max(len(r["input_ids"]) for r in rows)
+            fill = lambda key, pad: torch.tensor([list(r[key]) + [pad] * (width - len(r[key])) for r in rows])  # noqa: E731
+            batch = {"input_ids": fill("input_ids", self.pad_id), "labels": fill("labels", -100),
+                     "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])}
         batch["_prompt_ids"], batch["_prompt_mask"] = pad_left(prompts, self.pad_id)
         for k, v in side.items():
             batch[k] = torch.tensor(v) if k in ("_pad", "_index") else v

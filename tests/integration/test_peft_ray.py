@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from conftest import base_config, sentiment_rows, write_csv  # noqa: E402
+from tests.helpers.config import base_config  # noqa: E402
+from tests.helpers.data import sentiment_rows, write_csv  # noqa: E402
 
 pytestmark = pytest.mark.ray
 LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}

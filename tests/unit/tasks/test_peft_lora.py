@@ -17,9 +17,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pl = pytest.importorskip("lightning.pytorch")
 
-from conftest import base_config, make_tiny_bert, sentiment_rows, write_csv, write_jsonl  # noqa: E402
 from launcher.config import Config, ConfigError, validate  # noqa: E402
 from launcher.tasks import _peft  # noqa: E402
+from tests.helpers.config import base_config  # noqa: E402
+from tests.helpers.data import sentiment_rows, write_csv, write_jsonl  # noqa: E402
 
 LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
 
@@ -273,7 +274,7 @@ def test_without_merge_best_holds_the_adapter_only(lora_run, tmp_path):
 
 
 def _task_cases(tmp_path, tiny_bert):
-    from generative_fixtures import summary_rows, tiny_gpt2, tiny_t5, translation_rows, write_documents, write_lines
+    from tests.helpers.generative import summary_rows, tiny_gpt2, tiny_t5, translation_rows, write_documents, write_lines
 
     gpt2, t5 = tiny_gpt2(str(tmp_path / "gpt2")), tiny_t5(str(tmp_path / "t5"))
     ner = [{"tokens": ["alice", "lives", "in", "paris"], "ner_tags": ["B-PER", "O", "O", "B-LOC"]},

@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 
-from conftest import base_config  # noqa: E402
-from generative_fixtures import summary_rows, tiny_gpt2, translation_rows, write_jsonl  # noqa: E402
 from launcher.config import ConfigError  # noqa: E402
 from launcher.tasks import _prompts as prompts  # noqa: E402
+from tests.helpers.config import base_config  # noqa: E402
+from tests.helpers.generative import summary_rows, tiny_gpt2, translation_rows, write_jsonl  # noqa: E402
 
 #: a chat template in the tiny vocabulary: the user turn ends with <s>, the assistant's with </s>
 TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }} <s>{% else %} {{ m['content'] }} </s>"
