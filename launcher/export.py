@@ -117,7 +117,8 @@ def merge_adapter(adapter_dir: str, out_dir: str) -> str:
     from launcher.tasks import _peft, get_task
 
     info, cfg = read_export_info(adapter_dir)
-    cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.from_config = adapter_dir, None, False
+    # The adapter folder has the tokenizer; its base model (and GGUF file) come from its launcher.json.
+    cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.gguf_file, cfg.model.from_config = adapter_dir, None, None, False
     cfg.peft.merge_on_export = True
     task = get_task(info["task"])(cfg)
     tokenizer = task.load_tokenizer()
