@@ -225,7 +225,7 @@ class RayConfig:
     """GPUs per worker when use_gpu."""
     tpus_per_worker: int = 4
     """accelerator tpu: TPU chips each worker reserves, all chips of one TPU host (v4/v5p hosts: 4; 8-chip v5e/v6e hosts: 8)."""
-    strategy: Literal["ddp", "fsdp", "fsdp2", "deepspeed"] = "ddp"
+    strategy: Literal["ddp", "fsdp", "deepspeed", "fsdp2"] = "ddp"
     """Data-parallel strategy: ddp everywhere; fsdp2 (torch fully_shard per layer, Lightning's ModelParallelStrategy) on CPUs and GPUs; fsdp and deepspeed on GPUs only."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     """How workers are placed on nodes."""
