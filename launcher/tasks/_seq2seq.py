@@ -152,7 +152,7 @@ def build_seq2seq_model(task, meta: dict, pretrained: bool = True):
     if meta.get("decoder_only"):
         model = load_model(AutoModelForCausalLM, task.cfg, {}, pretrained=pretrained)
         configure_generation(model, task.options)
-        model.generation_config.pad_token_id = meta.get("pad_token_id")
+        model.generation_config.pad_token_id = meta.get("pad_id")
         return model
     kwargs = {k: meta[k] for k in ("decoder_start_token_id", "pad_token_id") if k in meta}
     model = load_model(AutoModelForSeq2SeqLM, task.cfg, kwargs, pretrained=pretrained)
@@ -365,7 +365,8 @@ class Seq2SeqTask(Task):
                                           d.max_length, o.max_target_length, keep_target=split != "train",
                                           num_proc=d.preprocessing_num_workers, desc=f"tokenizing {split}")
                for split, ds in splits.items()}
-        return out, {"decoder_only": True, "prompt_format": fmt, "pad_token_id": tokenizer.pad_token_id, "max_length": d.max_length}
+        # "pad_id", not "pad_token_id": launcher.json redacts keys that look like credentials ("token").
+        return out, {"decoder_only": True, "prompt_format": fmt, "pad_id": tokenizer.pad_token_id, "max_length": d.max_length}
 
     def collator(self, tokenizer):
         return prompts.PromptCollator(tokenizer) if self.options.decoder_only else seq2seq_collator(tokenizer)
