@@ -43,8 +43,8 @@ class GenerationOptions:
     """Generate (and compute text metrics) every N epochs and at the last; 0: only for the test split."""
     source_prefix: str = ""
     """Text put before every source (T5 style, e.g. 'summarize: ' or 'translate English to German: ')."""
-    decoder_only: bool = False
-    """Train a decoder-only (causal LM) model instead: source then target in one sequence (the tokenizer's chat template when it has one), loss on the target only, generation from the source alone."""
+    decoder_only: Optional[bool] = None
+    """Train a decoder-only (causal LM) model: source then target in one sequence (the tokenizer's chat template when it has one), loss on the target only, generation from the source alone. Default: true for a model with a causal LM head (GPT-2, Llama, SmolLM2, ...), false for encoder-decoders (T5, BART)."""
 
     def __post_init__(self):
         if self.num_beams < 1:
@@ -63,6 +63,8 @@ def check_seq2seq_model(task, model_config, tokenizer) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
     model_type = getattr(model_config, "model_type", "?")
+    if task.options.decoder_only is None:
+        task.use_decoder_only(is_decoder_only(model_config))
     if task.options.decoder_only:
         check_decoder_only_model(task, model_config, tokenizer)
         return
@@ -80,6 +82,13 @@ def check_seq2seq_model(task, model_config, tokenizer) -> None:
                           f"use --task_options.max_target_length {limit} or less")
     if tokenizer.pad_token is None:
         raise ConfigError("model.tokenizer", "the tokenizer has no pad token", "use a tokenizer with a pad token (seq2seq batches are padded)")
+
+
+def is_decoder_only(model_config) -> bool:
+    """A decoder-only model with a causal LM head (what prompt → target training needs)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return not getattr(model_config, "is_encoder_decoder", False) and getattr(model_config, "model_type", "") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 def check_decoder_only_model(task, model_config, tokenizer) -> None:
@@ -351,8 +360,16 @@ class Seq2SeqTask(Task):
     def check_model(self, model_config, tokenizer) -> None:
         check_seq2seq_model(self, model_config, tokenizer)
 
+    def use_decoder_only(self, value: bool) -> None:
+        """Decide decoder-only training for this run; kept in the config's task_options, so the workers,
+        the export and `launcher evaluate`/`predict` of the exported folder make the same choice."""
+        self.options.decoder_only = bool(value)
+        self.cfg.task_options = {**(self.cfg.task_options or {}), "decoder_only": bool(value)}
+
     def prepare(self, splits, tokenizer, meta=None):
-        if self.options.decoder_only or (meta or {}).get("decoder_only"):
+        if meta is not None and self.options.decoder_only is None:
+            self.use_decoder_only(bool(meta.get("decoder_only")))  # an exported model's choice (launcher evaluate)
+        if self.options.decoder_only:
             return self.prepare_decoder_only(splits, tokenizer, meta)
         out = encode_seq2seq(self, splits, tokenizer, self.sources, self.targets)
         return out, meta if meta is not None else seq2seq_meta(self.model_config(), tokenizer)

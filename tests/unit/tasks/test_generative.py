@@ -367,7 +367,8 @@ def test_errors(models, tmp_path):
     e = _prepare_error(base_config(models["t5"], {"train": empty, "validation": empty}, str(tmp_path / "o"), task="summarization",
                                    data={"source_column": "document", "target_column": "summary"}))
     assert e.key == "data.target_column" and "row 2" in str(e)
-    e = _prepare_error(base_config(models["gpt2"], files, str(tmp_path / "o"), task="summarization"))
+    e = _prepare_error(base_config(models["gpt2"], files, str(tmp_path / "o"), task="summarization",
+                                   task_options={"decoder_only": False}))
     assert e.key == "model.name_or_path" and "decoder-only" in str(e)
     e = _prepare_error(base_config(models["gpt2"], {"train": lm_path}, str(tmp_path / "o"), task="language-modeling",
                                    data={"block_size": 128}))
@@ -417,7 +418,8 @@ def test_cli_error_is_one_line_before_ray(models, tmp_path):
     csv_path = write_csv(str(tmp_path / "s.csv"), summary_rows(4))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"task: summarization\nmodel:\n  name_or_path: {models['gpt2']}\ndata:\n  train_file: {csv_path}\n"
-                   f"  source_column: document\n  target_column: summary\n  max_length: 32\noutput_dir: {tmp_path / 'o'}\n")
+                   f"  source_column: document\n  target_column: summary\n  max_length: 32\noutput_dir: {tmp_path / 'o'}\n"
+                   "task_options:\n  decoder_only: false\n")  # a causal LM trains decoder-only unless told otherwise
     r = run_cli("train", str(cfg))
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]

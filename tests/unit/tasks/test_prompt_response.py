@@ -66,11 +66,14 @@ def _cfg(model, tmp_path, task: str, **options):
     return cfg
 
 
-def test_decoder_only_needs_the_option_and_a_causal_head(gpt2_models, tmp_path):
+def test_decoder_only_is_the_default_for_a_causal_lm_and_needs_room(gpt2_models, tmp_path):
     from launcher.training import prepare
 
     cfg = _cfg(gpt2_models["plain"], tmp_path, "summarization")
-    cfg.task_options = {}
+    cfg.task_options = {"max_target_length": 8}  # no decoder_only: a causal LM head decides it
+    p = prepare.prepare(cfg)
+    assert p.meta["decoder_only"] and cfg.task_options["decoder_only"] is True  # the workers and the export see the choice
+    cfg.task_options = {"decoder_only": False}
     with pytest.raises(ConfigError, match="task_options.decoder_only true"):
         prepare.prepare(cfg)
     cfg = _cfg(gpt2_models["plain"], tmp_path, "summarization", max_target_length=60)
