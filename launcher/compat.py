@@ -10,6 +10,8 @@ Written against: ray 2.60.0, lightning 2.6.6, torch 2.13.0, transformers 5.25, t
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from typing import Any, Optional
 
 # ---------------------------------------------------------------------- Lightning 2.6.6
@@ -162,8 +164,6 @@ def cluster_status(client) -> Optional[dict]:
 
 def reload_ray_auth_mode() -> None:
     """Make a Ray already imported in this process re-read RAY_AUTH_MODE (`ray._raylet.Config.initialize`)."""
-    import sys
-
     if "ray._raylet" in sys.modules:
         from ray._raylet import Config as RayConfig
 
@@ -185,8 +185,6 @@ def checks() -> dict[str, Any]:
 
     def csv_logger_experiment():
         from lightning.pytorch.loggers import CSVLogger
-
-        import tempfile
 
         assert CSVLogger(tempfile.mkdtemp())._experiment is None
 

@@ -7,6 +7,7 @@ either complete or absent.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -15,8 +16,9 @@ from typing import Optional
 from launcher import compat, storage
 from launcher.config import Config, to_dict
 from launcher.files import write_json, write_kv, write_yaml
+from launcher.model_files import read_export_info
+from launcher.tasks import _peft, get_task
 from launcher.training.scoring import CHECKPOINT_NAME, best_row
-
 
 # ---------------------------------------------------------------------- best checkpoint
 
@@ -37,11 +39,7 @@ def export_checkpoint(cfg: Config, task, meta: dict, tokenizer, checkpoint, out_
     only the trainable tensors: the model is rebuilt on its pretrained base (in full precision for
     QLoRA), and every trainable tensor must come from the checkpoint.
     """
-    import copy
-
     import torch
-
-    from launcher.tasks import _peft
 
     cfg = _peft.unquantized(cfg)
     if task.cfg is not cfg:  # a Tune trial's values (peft.r, ...) shape the model: build it from them
@@ -73,8 +71,6 @@ def save_folder(cfg: Config, task, meta: dict, model, tokenizer, out_dir: str, e
     (adapter_config.json + adapter_model.safetensors, with the tokenizer and launcher.json, so the
     folder also works by itself with `launcher predict`/`evaluate`).
     """
-    from launcher.tasks import _peft
-
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-best-", dir=parent)
@@ -113,9 +109,6 @@ def _write_side_files(cfg: Config, tokenizer, folder: str, info: dict) -> None:
 def merge_adapter(adapter_dir: str, out_dir: str) -> str:
     """An exported adapter folder → its base model with the adapter merged in, saved to `out_dir`
     as launcher exports it (launcher.json included)."""
-    from launcher.model_files import read_export_info
-    from launcher.tasks import _peft, get_task
-
     info, cfg = read_export_info(adapter_dir)
     # The adapter folder has the tokenizer; its base model (and GGUF file) come from its launcher.json.
     cfg.model.name_or_path, cfg.model.tokenizer, cfg.model.gguf_file, cfg.model.from_config = adapter_dir, None, None, False

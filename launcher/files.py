@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from typing import Any
 
+import yaml
+
 from launcher.config.secrets import redact
 
 
@@ -35,8 +37,6 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def write_yaml(path: str, obj: Any) -> None:
-    import yaml
-
     atomic_write(path, yaml.safe_dump(redact(obj), sort_keys=False))
 
 

@@ -8,10 +8,14 @@ installed package (`python -m launcher.model_files NAME` prints it).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from typing import Optional
 
+import yaml
+
+from launcher.config import from_dict
 from launcher.errors import ConfigError
 
 # package → (folder inside the package, GGUF file or None)
@@ -61,12 +65,6 @@ def has_tokenizer_files(path: str) -> bool:
 
 def read_export_info(model_dir: str, key: str = "--model"):
     """(launcher.json, the resolved Config) saved beside a model exported by launcher."""
-    import json
-
-    import yaml
-
-    from launcher.config import from_dict
-
     if not os.path.isdir(model_dir):
         raise ConfigError(key, f"model folder not found: {model_dir}", "give the best/ folder of a run")
     info_path = os.path.join(model_dir, "launcher.json")

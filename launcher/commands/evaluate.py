@@ -12,7 +12,11 @@ import os
 from launcher import storage
 from launcher.config import Config
 from launcher.config.parsing import Flag, parse_command, print_config
+from launcher.data.sampling import EvalShard
 from launcher.errors import ConfigError
+from launcher.files import atomic_write
+from launcher.model_files import read_export_info
+from launcher.tasks import _peft, get_task
 
 FLAGS = {
     "--model": Flag("An exported model folder (default: <output_dir>/best) or its copy in run storage (s3://.../best).",
@@ -36,8 +40,6 @@ def main(argv: list[str]) -> int:
     metrics = run(cfg, flags["model"] or os.path.join(cfg.output_dir, "best"), split)
     text = json.dumps(metrics, indent=2)
     if flags["output"]:
-        from launcher.files import atomic_write
-
         atomic_write(flags["output"], text + "\n")
     print(text)
     return 0
@@ -48,12 +50,6 @@ def run(cfg: Config, model: str, split: str) -> dict:
     # lazy: the ML stack loads only once the command line has passed its checks
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
-
-    from launcher.data.sampling import EvalShard
-    from launcher.model_files import read_export_info
-    from launcher.tasks import get_task
-
-    from launcher.tasks import _peft
 
     model_dir = storage.local_model(model)
     # An adapter (best/adapter/, or a best/ exported with peft.merge_on_export false) is scored on

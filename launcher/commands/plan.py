@@ -23,6 +23,7 @@ from typing import Any, Optional
 import yaml
 
 from launcher import storage
+from launcher.commands.tune import search_storage
 from launcher.config import Config, to_dict
 from launcher.config.parsing import Flag, parse_command, print_config
 from launcher.config.secrets import redact
@@ -33,7 +34,8 @@ from launcher.data.sampling import batches_per_rank, optimizer_steps_per_epoch
 from launcher.distributed.memory import Params, checkpoint_params, lora_params, memory_estimate
 from launcher.distributed.trainer import worker_resources
 from launcher.optim import warmup_steps
-from launcher.training.prepare import check
+from launcher.search.space import parse_space, validate_search
+from launcher.training.prepare import check, prepare
 
 FLAGS = {
     "--exact": Flag("Read and tokenise the data with the task's own code and build the model on torch's meta device (exact, slower)."),
@@ -140,7 +142,6 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
     }
     if tune:
         plan["tune"] = tune_plan(cfg, per_worker)
-        from launcher.commands.tune import search_storage
 
         root, experiment = search_storage(cfg)
         exp_dir = storage.redact_uri(storage.join(root, experiment))
@@ -203,8 +204,6 @@ def _exact(cfg: Config) -> tuple[dict, Params, Optional[Params], list]:
     """
     import torch  # lazy: --exact only
 
-    from launcher.training.prepare import prepare
-
     prepared = prepare(cfg)
     with torch.device("meta"):
         model = prepared.task.build_model(prepared.meta, pretrained=False)
@@ -239,8 +238,6 @@ def tune_plan(cfg: Config, per_worker: dict) -> dict:
     there). Trials follow Ray Tune's BasicVariantGenerator: num_samples x every grid combination
     (with search_alg grid, choice values are a grid too).
     """
-    from launcher.search.space import parse_space, validate_search
-
     tc = cfg.tune
     dims = parse_space(cfg)
     validate_search(cfg, dims)

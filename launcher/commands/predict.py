@@ -6,10 +6,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+
+import yaml
 
 from launcher import storage
 from launcher.config.parsing import Flag, parse_command
 from launcher.errors import ConfigError
+from launcher.export import merge_adapter
+from launcher.files import atomic_write
+from launcher.model_files import read_export_info
+from launcher.tasks import _peft, get_task
 
 FLAGS = {
     "--model": Flag("An exported model folder (<output_dir>/best) or its copy in run storage (s3://.../best).",
@@ -32,7 +39,6 @@ def main(argv: list[str]) -> int:
         raise ConfigError("--output", f"{args['output']} exists", "pass --overwrite or choose another file")
     options = {"batch_size": args["batch_size"], "device": args["device"], **parse_options(args["option"])}
     rows = run(args["model"], args["input"], options)
-    from launcher.files import atomic_write
 
     atomic_write(args["output"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"[launcher] wrote {len(rows)} predictions to {args['output']}", file=sys.stderr)
@@ -41,8 +47,6 @@ def main(argv: list[str]) -> int:
 
 def parse_options(items: list[str]) -> dict:
     """`KEY=VALUE` pairs, values read as YAML (50 → int, true → bool)."""
-    import yaml
-
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -55,12 +59,6 @@ def parse_options(items: list[str]) -> dict:
 def run(model: str, input_file: str, options: dict) -> list[dict]:
     """One prediction dict per row of `input_file`."""
     # lazy: the ML stack loads only once the command line has passed its checks
-    from launcher.model_files import read_export_info
-    from launcher.tasks import get_task
-
-    import tempfile
-
-    from launcher.tasks import _peft
 
     model_dir = storage.local_model(model)  # s3:// / gs:// URIs: a temporary local copy
     adapter = _peft.adapter_folder(model_dir)
@@ -72,7 +70,6 @@ def run(model: str, input_file: str, options: dict) -> list[dict]:
         return task.predict(model_dir, ds, options)
     # An adapter folder: merged into its base in a temporary folder, which every task's predict
     # (pipelines, generate) loads like any exported model.
-    from launcher.export import merge_adapter
 
     with tempfile.TemporaryDirectory(prefix="launcher-merged-") as tmp:
         return task.predict(merge_adapter(adapter, tmp), ds, options)

@@ -34,6 +34,7 @@ from launcher.distributed import jobs
 from launcher.distributed.cluster import RUNTIME_ENV_KEYS
 from launcher.errors import ConfigError
 from launcher.model_files import looks_like_hub_id
+from launcher.search.space import parse_space, validate_search
 
 UPLOAD_LIMIT = 100 * 2**20  # the dashboard accepts working_dir packages up to 100 MiB
 PATH_KEYS = ("data.train_file", "data.validation_file", "data.test_file", "model.name_or_path", "model.tokenizer")
@@ -118,8 +119,6 @@ def check(cfg: Config, command: str) -> None:
     config_lib.validate(cfg)
     tasks.check_name(cfg.task)
     if command == "tune":
-        from launcher.search.space import parse_space, validate_search
-
         validate_search(cfg, parse_space(cfg))
 
 

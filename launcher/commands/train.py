@@ -8,8 +8,12 @@ from __future__ import annotations
 import math
 import os
 
+from launcher import export, storage
 from launcher.config import Config, to_dict
 from launcher.config.parsing import parse, print_config
+from launcher.distributed import cluster
+from launcher.files import clear_dir, write_yaml
+from launcher.training.prepare import check, check_output_dir, prepare
 
 
 def main(argv: list[str]) -> int:
@@ -32,11 +36,7 @@ def main(argv: list[str]) -> int:
 def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """The whole `launcher train` flow. Returns the results dict that is also written to results.json."""
     # lazy: Ray and the ML stack load only once the config has passed its checks
-    from launcher import export, storage
-    from launcher.distributed import cluster
-    from launcher.files import clear_dir, write_yaml
     from launcher.training.fit import fit
-    from launcher.training.prepare import check, check_output_dir, prepare
 
     check_output_dir(cfg, overwrite, resume)
     check(cfg)

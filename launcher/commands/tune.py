@@ -19,16 +19,19 @@ import sys
 import time
 from typing import Optional
 
-from launcher import compat
+from launcher import compat, export
 from launcher import storage as storage_lib
 from launcher.config import Config, to_dict
 from launcher.config.parsing import parse, print_config
 from launcher.config.secrets import redact
+from launcher.distributed import cluster
 from launcher.errors import ConfigError
 from launcher.files import clear_dir, write_json, write_yaml
+from launcher.search import trials as trials_lib
 from launcher.search.report import TuneResult, plot_search, summary_text, trials_table, write_csv
 from launcher.search.space import Dimension, apply_params, parse_space, resolve_metric, validate_search
 from launcher.search.trials import STATUSES, TrialSummary
+from launcher.training.prepare import check, check_output_dir, prepare
 from launcher.training.scoring import finite
 
 
@@ -55,10 +58,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
         verbose: print the live trial table and the summary.
     """
     # lazy: Ray and the ML stack load only once the config has passed its checks
-    from launcher.distributed import cluster
-    from launcher.search import trials as trials_lib
     from launcher.search import tuner
-    from launcher.training.prepare import check, check_output_dir, prepare
 
     cfg = copy.deepcopy(config)
     dims = parse_space(cfg)
@@ -135,9 +135,6 @@ def _concurrency(cfg: Config, resources: dict, verbose: bool) -> Optional[int]:
 def finish_search(cfg: Config, prepared, trials: list[TrialSummary], dims: list[Dimension], settings, grid, wall_s: float,
            verbose: bool = True) -> TuneResult:
     """Pick the best epoch of all trials, export it, clean up checkpoints, write best.json/trials.csv/search.png."""
-    from launcher import export
-    from launcher.search import trials as trials_lib
-
     metric, mode, out = settings.metric, settings.mode, cfg.output_dir
     histories = {t.trial_id: t.history for t in trials}
     pick = trials_lib.select_best(histories, metric, mode, usable=lambda r: trials_lib.checkpoint_exists(settings, r.get("checkpoint_path")))

@@ -17,7 +17,12 @@ import os
 import sys
 from typing import Any, Optional
 
-from launcher.config.schema import BadValue, Config, all_keys, coerce, field_type
+import yaml
+
+from launcher import model_files
+from launcher.config import secrets
+from launcher.config.schema import BadValue, Config, all_keys, coerce, field_type, to_dict
+from launcher.config.secrets import redact
 from launcher.errors import ConfigError
 
 
@@ -108,7 +113,6 @@ def parse_command(argv: list[str], prog: str, description: str = "", flags: Opti
         ns.pop("config", None)
         built = parser.instantiate_classes(ns)
         cfg = Config(**{f.name: built[f.name] for f in dataclasses.fields(Config) if f.name in built})
-        from launcher.config import secrets
 
         secrets.check_config(dataclasses.asdict(cfg))  # also before --print-config echoes it
         _resolve_pypi_models(cfg)
@@ -164,11 +168,6 @@ def unknown_key(key: str, keys: Optional[list[str]] = None, what: str = "unknown
 
 
 def print_config(cfg: Config, file=None) -> None:
-    import yaml
-
-    from launcher.config.schema import to_dict
-    from launcher.config.secrets import redact
-
     yaml.safe_dump(redact(to_dict(cfg)), file or sys.stdout, sort_keys=False)
 
 
@@ -279,8 +278,6 @@ def _check_flags(argv: list[str], options: dict) -> None:
 
 def _yaml_scalar(text: str):
     """A command-line value as YAML reads it (1 → int, true → bool, {a: 1} → dict); text that is not YAML stays text."""
-    import yaml
-
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -289,8 +286,6 @@ def _yaml_scalar(text: str):
 
 def _read_yaml(path: str) -> dict:
     """The config file as a mapping; YAML syntax errors with their line."""
-    import yaml
-
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
@@ -329,7 +324,5 @@ def _is_section(key: str) -> bool:
 def _resolve_pypi_models(cfg: Config) -> None:
     """`pypi:PACKAGE` model names → the model folder inside the installed package."""
     if cfg.model.name_or_path.startswith("pypi:"):
-        from launcher import model_files
-
         cfg.model.gguf_file = cfg.model.gguf_file or model_files.gguf_file(cfg.model.name_or_path)
         cfg.model.name_or_path = model_files.resolve(cfg.model.name_or_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -434,8 +435,6 @@ class BadValue(Exception):
 
 def field_type(key: str):
     """The type annotation of a dotted key such as `optim.lr`; KeyError when there is no such field."""
-    import typing
-
     cls: Any = Config
     parts = key.split(".")
     for i, part in enumerate(parts):
@@ -455,8 +454,6 @@ def coerce(tp, value):
     """`value` as the field type `tp` wants it (strings as a YAML file or a command line give them:
     "1e-4" → 1e-4, "true" → True, "null" → None); raises BadValue. The one place that decides whether
     a value fits a field: command-line and YAML checks, searched values and lightning_base flags use it."""
-    import typing
-
     origin = typing.get_origin(tp)
     if origin is typing.Union:
         options = [a for a in typing.get_args(tp) if a is not type(None)]

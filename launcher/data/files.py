@@ -8,6 +8,7 @@ through Ray's object store (launcher.data.sampling).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Callable, Optional
 
@@ -101,7 +102,6 @@ def read_file(key: str, path: str, **text_options):
     kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
     if builder == "text":
         kwargs.update(text_options)
-    import logging
 
     quiet = _DropErrors()  # datasets logs the failure before raising it: the ConfigError below says it once
     handlers = logging.getLogger("datasets").handlers

@@ -6,7 +6,9 @@ cluster's processes through the job's runtime_env.
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 from typing import Optional
 
 from launcher import compat
@@ -65,8 +67,6 @@ def init_ray(cfg: Config, **kwargs) -> None:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -92,7 +92,6 @@ def check_local_resources(cfg: Config) -> None:
     if r.accelerator == "tpu":
         # TPU VMs expose their chips as /dev/accel* (v2-v4) or /dev/vfio/<n> (v5e and later), which
         # is also how Ray counts them.
-        import glob
 
         chips = float(len(glob.glob("/dev/accel[0-9]*")) or len(glob.glob("/dev/vfio/[0-9]*")))
         _check_tpus(cfg, {"TPU": chips, "CPU": float(cpus)}, hosts=[chips], scalable=[])
@@ -100,7 +99,6 @@ def check_local_resources(cfg: Config) -> None:
 
 def _local_gpus() -> int:
     # No NVIDIA driver and no GPU device files: no GPU, said without importing torch (seconds).
-    import glob
 
     if not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")):
         return 0

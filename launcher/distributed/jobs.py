@@ -3,12 +3,14 @@ checks of a config against it, and following a job's logs."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import os
 import sys
 import time
 import urllib.parse
+from importlib import metadata
 from typing import Optional
 
 from launcher import compat, storage
@@ -106,8 +108,6 @@ def _api_error(e: BaseException, address: str) -> ConfigError:
 
 def requirements() -> list[str]:
     """This package's own pip requirements (without extras), as installed here."""
-    from importlib import metadata
-
     try:
         reqs = metadata.requires("launcher") or []
     except metadata.PackageNotFoundError:
@@ -184,8 +184,6 @@ def check_cluster(cfg: Config, info: ClusterInfo, shared: list[str]) -> list[str
 
 def follow(client, job_id: str, address: str) -> int:
     """Stream the job's logs; 0 when it SUCCEEDED, 1 when it FAILED or was STOPPED."""
-    import asyncio
-
     from ray.job_submission import JobStatus
 
     async def tail():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from launcher import compat
 from launcher.config import Config
 from launcher.errors import ConfigError
 
@@ -101,8 +102,6 @@ def shard_model(model, mesh) -> None:
     each transformers model and the whole `model`; a model sharded already is left as it is (the
     hook runs again for `trainer.test`)."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
-
-    from launcher import compat
 
     if isinstance(model, FSDPModule):
         return

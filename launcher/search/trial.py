@@ -30,6 +30,7 @@ from ray import tune
 from ray.train import UserCallback
 
 from launcher.config import from_dict
+from launcher.data.sampling import to_table
 from launcher.errors import ConfigError
 from launcher.search.space import apply_params
 from launcher.search.trials import Settings, write_status
@@ -43,7 +44,6 @@ def ship(prepared, monitor: str, callbacks: list) -> dict:
     """
     import ray
 
-    from launcher.data.sampling import to_table
     from launcher.training.hyperparams import UseTrialHyperparameters  # lazy: imports Lightning
 
     light = dataclasses.replace(prepared, task=SimpleNamespace(monitor=monitor), tokenizer=ray.put(prepared.tokenizer),

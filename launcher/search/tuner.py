@@ -9,6 +9,7 @@ from typing import Optional
 from ray import tune
 
 from launcher.config import Config, to_dict
+from launcher.data.sampling import optimizer_steps_per_epoch
 from launcher.search.callbacks import CheckpointHygiene, LiveTable
 from launcher.search.trial import ship, trial_main
 from launcher.search.trials import Settings
@@ -47,7 +48,6 @@ def build_scheduler(cfg: Config, dims: list, settings: Settings, prepared):
 def max_epochs(cfg: Config, prepared) -> float:
     if cfg.train.max_steps < 0:
         return cfg.train.max_epochs
-    from launcher.data.sampling import optimizer_steps_per_epoch
 
     per_epoch = optimizer_steps_per_epoch(prepared.sizes["train"], cfg.ray.num_workers, cfg.train.batch_size,
                                           cfg.train.accumulate_grad_batches)

@@ -10,6 +10,7 @@ import difflib
 import importlib
 
 from launcher.errors import ConfigError
+from launcher.resolve import import_object
 
 TASKS: dict[str, str] = {
     "sequence-classification": "launcher.tasks.sequence_classification:SequenceClassification",
@@ -43,7 +44,6 @@ def get_task(name: str):
     if name in TASKS:
         module, cls = TASKS[name].split(":")
         return getattr(importlib.import_module(module), cls)
-    from launcher.resolve import import_object
     from launcher.tasks.core import Task  # lazy: imports torch and Lightning
 
     return import_object(name, "task", base=Task, example="e.g. task: my_pkg.my_task:MyTask")

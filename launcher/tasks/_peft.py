@@ -17,6 +17,7 @@ peft is imported only when an adapter is in play: `launcher --help` and full fin
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import sys
@@ -149,8 +150,6 @@ def wrap(model, cfg, auto_name: str, missing_keys=()):
 
 def quantization_kwargs(cfg) -> dict:
     """from_pretrained arguments of a QLoRA base: 4-bit NF4 weights on this worker's GPU (unverified on a GPU here)."""
-    import importlib.util
-
     import torch
 
     if importlib.util.find_spec("bitsandbytes") is None:

@@ -24,7 +24,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from launcher.console import say
 from launcher.errors import ConfigError
+from launcher.model_files import read_export_info
 from launcher.tasks import _prompts as prompts
 from launcher.tasks.core import Task, TaskModule, max_positions
 
@@ -185,7 +187,6 @@ def generate_batches(model_dir: str, sources: list[str], options: dict, defaults
     unknown = sorted(set(options) - set(GENERATE_OPTIONS) - {"batch_size", "device"})
     if unknown:
         raise ConfigError("--option", f"unknown option {unknown[0]!r}", "valid: " + ", ".join(GENERATE_OPTIONS))
-    from launcher.model_files import read_export_info
 
     meta = read_export_info(model_dir)[0].get("meta") or {}
     if meta.get("decoder_only"):
@@ -325,8 +326,6 @@ class Seq2SeqModule(TaskModule):
         self.last_generations[stage] = rows
         values = score_rows(self.task, metrics, rows)
         if stage == "val" and self.global_rank == 0:
-            from launcher.console import say
-
             for i, pred, ref, _ in rows[:2]:
                 say(f"[launcher] val example {i}: {pred[:120]!r} (reference {ref[:120]!r})")
         return values

@@ -18,6 +18,7 @@ from torch import nn
 
 from launcher import optim as optim_lib
 from launcher.config.schema import Config
+from launcher.console import say
 from launcher.data import files as data_lib
 from launcher.errors import ConfigError, first_line
 from launcher.model_files import check_model_path, has_tokenizer_files
@@ -296,8 +297,6 @@ class TaskModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self.global_rank == 0:
-            from launcher.console import say
-
             say(f"[launcher] model: {_peft.describe(self.model)}")
 
     def configure_optimizers(self):

@@ -41,8 +41,8 @@ import torch
 import torchmetrics
 from torch import nn
 
+from launcher.data.files import check_no_empty, file_of, require_columns
 from launcher.errors import ConfigError
-from launcher.data.files import check_no_empty, require_columns
 from launcher.tasks.core import PadCollator, Task, TaskModule
 
 #: eval-feature columns that are not model inputs
@@ -379,8 +379,6 @@ class QuestionAnswering(Task):
 
     def _check_room(self, ds, tokenizer, max_length: int, split: str) -> None:
         """Every window needs context tokens beyond the stride (the Rust tokenizer panics otherwise)."""
-        from launcher.data.files import file_of
-
         o = self.options
         questions = [q.lstrip() for q in ds[o.question_column]]
         room = max_length - tokenizer.num_special_tokens_to_add(pair=True)

@@ -14,7 +14,10 @@ from typing import Any, Optional
 import ray
 
 from launcher.config import Config, to_dict
+from launcher.data.sampling import to_table
+from launcher.distributed import trainer as trainer_lib
 from launcher.errors import NonFiniteLoss
+from launcher.training.loop import train_loop
 from launcher.training.prepare import Prepared
 from launcher.training.scoring import CHECKPOINT_SCORE, dedupe_by_epoch
 
@@ -60,8 +63,6 @@ def ship(prepared: Prepared) -> dict:
     Object refs: the Train controller unpickles the loop config too, and need not import
     transformers for a tokenizer it never uses.
     """
-    from launcher.data.sampling import to_table
-
     tokenizer = prepared.tokenizer if isinstance(prepared.tokenizer, ray.ObjectRef) else ray.put(prepared.tokenizer)
     data = {k: v if isinstance(v, ray.ObjectRef) else ray.put(to_table(v)) for k, v in prepared.splits.items()}
     return {"tokenizer": tokenizer, "data": data}
@@ -71,9 +72,6 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", callbacks=None, st
         extra_loop_config: Optional[dict] = None) -> Outcome:
     """Run the Ray Train job for `cfg` and return what it did; raises the run's error."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from launcher.distributed import trainer as trainer_lib
-    from launcher.training.loop import train_loop
 
     monitor = prepared.task.monitor
     mode = cfg.checkpoint.mode_for(monitor)

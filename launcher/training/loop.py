@@ -9,19 +9,25 @@ functions, in the workers only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
+import warnings
 from typing import Optional
 
 from launcher.config import Config, from_dict
+from launcher.data.sampling import EvalShard, TrainBatchSampler, from_table
+from launcher.distributed import strategy
+from launcher.distributed.xla.shapes import collators
 from launcher.errors import ConfigError, NonFiniteLoss
+from launcher.tasks import get_task
+from launcher.training.scoring import CHECKPOINT_NAME
+from launcher.training.session import TrainSession, run_log_client
 
 
 def train_loop(loop_config: dict) -> None:
     """Runs in every Ray Train worker: same task module and data, this rank's shard."""
-    from launcher.training.session import TrainSession
-
     run(loop_config, TrainSession())
 
 
@@ -35,11 +41,8 @@ def run(loop_config: dict, session) -> None:
     # In the workers only (the Train controller imports this module too): torch, Lightning, the task.
     import ray
 
-    from launcher.data.sampling import from_table
-    from launcher.tasks import get_task
     from launcher.training import resume
     from launcher.training.callbacks import NonFiniteGuard, ProgressLog, ReportCallback
-    from launcher.training.session import run_log_client
 
     loop_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}  # see fit.ship
     cfg = from_dict(loop_config["cfg"])
@@ -104,7 +107,6 @@ def resume_point(session, init_checkpoint=None):
     is not a resume of this run (no resumed step: its logs start fresh).
     """
     from launcher.training import resume
-    from launcher.training.scoring import CHECKPOINT_NAME
 
     own = session.get_checkpoint()
     checkpoint = own or init_checkpoint
@@ -123,8 +125,6 @@ def make_trainer(cfg: Config, session, callbacks: list, logger, find_unused_para
     """The pl.Trainer of a launcher run: the config's training settings, the strategy for `session`
     (launcher.distributed.strategy), launcher's callbacks; `overrides` replace any Trainer argument."""
     import lightning.pytorch as pl
-
-    from launcher.distributed import strategy
 
     t = cfg.train
     settings = dict(
@@ -150,9 +150,6 @@ def make_trainer(cfg: Config, session, callbacks: list, logger, find_unused_para
 
 
 def quiet_warnings() -> None:
-    import logging
-    import warnings
-
     # Metrics are already global (torchmetrics syncs in compute()), so Lightning's sync_dist advice
     # does not apply; the rest are Lightning's one-line notices that Ray would print per worker.
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
@@ -165,14 +162,12 @@ def quiet_warnings() -> None:
 def build_loaders(task, cfg: Config, splits: dict, tokenizer, rank: int, world: int) -> dict:
     from torch.utils.data import DataLoader
 
-    from launcher.data.sampling import EvalShard, TrainBatchSampler
     from launcher.training.resume import ResumableLoader
 
     collate = task.collator(tokenizer)
     train_collate = eval_collate = collate
     if cfg.ray.accelerator == "tpu":
         # XLA compiles a graph per batch shape: full batches, sequence lengths in a few buckets.
-        from launcher.distributed.xla.shapes import collators
 
         train_collate, eval_collate = collators(collate, tokenizer, cfg)
     common = {"num_workers": cfg.data.num_workers, "persistent_workers": cfg.data.num_workers > 0}
