@@ -66,8 +66,8 @@ def test_fsdp2_on_two_cpu_workers_matches_ddp(ray_session, tiny_bert, tmp_path, 
 
     from launcher.commands import train as train_cmd
 
-    files = _files(tmp_path)
-    weights = {}
+    files = {**_files(tmp_path), "test": write_csv(str(tmp_path / "test.csv"), sentiment_rows(8, seed=7))}
+    weights, tests = {}, {}
     for strategy in ("ddp", "fsdp2"):
         out = str(tmp_path / strategy)
         cfg = base_config(tiny_bert, files, out, peft=dict(peft or {}),
@@ -76,8 +76,13 @@ def test_fsdp2_on_two_cpu_workers_matches_ddp(ray_session, tiny_bert, tmp_path, 
         results = train_cmd.run(cfg)
         assert results["global_step"] == 4 and results["best_model"]
         weights[strategy] = load_file(os.path.join(out, "best", "model.safetensors"))
+        tests[strategy] = results["test"]  # scored on the best epoch's weights, reloaded on the workers
     for key, value in weights["ddp"].items():
         torch.testing.assert_close(weights["fsdp2"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert tests["fsdp2"].keys() == tests["ddp"].keys() and tests["ddp"]
+    for key, value in tests["ddp"].items():
+        if isinstance(value, float):
+            assert tests["fsdp2"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
 @pytest.mark.slow
