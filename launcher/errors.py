@@ -26,6 +26,22 @@ class NonFiniteLoss(RuntimeError):
     so the training loop ends the run and the driver raises this, instead of Ray retrying the workers."""
 
 
+class StorageError(RuntimeError):
+    """Run storage or output_dir cannot be written: full, over quota, read-only or not permitted.
+
+    Reported as one line naming the path and the cause (exit code 1). Ray Train registers a
+    checkpoint only once it is completely written, so the last registered one stays usable and the
+    same command with `--resume` continues from it once the storage is writable again."""
+
+    def __init__(self, path: str, cause: str):
+        self.path, self.cause = path, cause
+        super().__init__(f"cannot write {path}: {cause} — free space (or make it writable), then rerun the same command "
+                         "with --resume to continue from the last complete checkpoint")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.cause))
+
+
 def config_error_cause(e: Optional[BaseException]) -> Optional[ConfigError]:
     """The ConfigError inside `e`'s cause chain (one raised inside a Ray worker arrives wrapped)."""
     seen = set()

@@ -12,6 +12,8 @@ GOOGLE_APPLICATION_CREDENTIALS, instance roles); pyarrow reads them, launcher ne
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -20,9 +22,10 @@ import sys
 import tempfile
 from typing import Optional
 
+from launcher import compat
 from launcher.config import Config
 from launcher.config.secrets import mask
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, StorageError
 
 
 def is_uri(path: Optional[str]) -> bool:
@@ -157,3 +160,57 @@ def publish_best(best_dir: str, storage: str, name: str) -> Optional[str]:
     if not is_uri(storage) or not os.path.isdir(best_dir):
         return None
     return upload_dir(best_dir, join(storage, name, "best"))
+
+
+# ---------------------------------------------------------------------- storage that refuses writes
+
+
+#: errno values that mean "this storage cannot take the write" rather than a bug in the code
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+_ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)  # how pyarrow words an OSError it raises without errno
+
+
+def _causes(e: Optional[BaseException]):
+    """`e` and every exception inside it: __cause__ / __context__, and what Ray Train's TrainingFailedError
+    carries (`worker_failures` per rank and `controller_failure`, public in Ray 2.60)."""
+    todo, seen = [e], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "controller_failure", None), compat.train_user_exception(e)]
+        todo += list((getattr(e, "worker_failures", None) or {}).values())
+
+
+def storage_error_cause(e: Optional[BaseException], path: str) -> Optional[StorageError]:
+    """A StorageError for `path` when `e`, or an error inside it, is a write the storage refused."""
+    for c in _causes(e):
+        if isinstance(c, StorageError):
+            return c
+        if not isinstance(c, OSError):
+            continue
+        code = c.errno
+        if code is None:
+            found = _ERRNO_IN_TEXT.search(str(c))
+            code = int(found.group(1)) if found else None
+        if code in STORAGE_ERRNOS:
+            where = f" writing {c.filename}" if c.filename else ""
+            return StorageError(path, f"{STORAGE_ERRNOS[code]} ({errno.errorcode[code]}{where})")
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(path: str):
+    """Turn a write that the storage at `path` refused (anywhere inside the raised error) into a StorageError."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:
+        cause = storage_error_cause(e, path)
+        if cause is None:
+            raise
+        raise cause from e

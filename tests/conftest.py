@@ -14,6 +14,9 @@ from tests.helpers.cluster import start_s3, tiny_project
 from tests.helpers.data import sentiment_rows, write_csv
 from tests.helpers.models import make_tiny_bert
 
+# `requires` marker (CI fails on a missing dependency); pytester for the tests of that plugin.
+pytest_plugins = ["tests.helpers.requires", "pytester"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
@@ -70,7 +73,9 @@ def project(project_template, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def s3():
-    pytest.importorskip("moto")
+    from tests.helpers.requires import requires  # here: pytest loads that module as a plugin first (pytest_plugins)
+
+    requires("moto", install="make venv")
     server = start_s3()
     yield server
     server.server.stop()

@@ -13,6 +13,7 @@ from launcher.config import Config, to_dict
 from launcher.config.parsing import parse, print_config
 from launcher.distributed import cluster
 from launcher.files import clear_dir, write_yaml
+from launcher.storage import storage_errors
 from launcher.training.prepare import check, check_output_dir, prepare
 
 
@@ -44,16 +45,18 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
     name = storage.run_name(cfg)  # unique in shared storage, where Ray would resume a same-named run
     storage.check_run_state(cfg, name, overwrite, resume)
     prepared = prepare(cfg)
-    if overwrite and not resume:
-        clear_dir(cfg.output_dir)
-        storage.clear_run(cfg, name)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
+    with storage_errors(cfg.output_dir):  # full or read-only: one line naming it (fit names the run storage)
+        if overwrite and not resume:
+            clear_dir(cfg.output_dir)
+            storage.clear_run(cfg, name)
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
 
     cluster.init_ray(cfg)
     cluster.check_resources(cfg, cluster.cluster_resources())
     outcome = fit(cfg, prepared, name=name)
-    return export.finish_run(cfg, prepared, outcome)
+    with storage_errors(cfg.output_dir):
+        return export.finish_run(cfg, prepared, outcome)
 
 
 def summary_line(results: dict) -> str:

@@ -17,6 +17,7 @@ from launcher.config import Config, to_dict
 from launcher.data.sampling import to_table
 from launcher.distributed import trainer as trainer_lib
 from launcher.errors import NonFiniteLoss
+from launcher.storage import redact_uri, storage_errors
 from launcher.training.loop import train_loop
 from launcher.training.prepare import Prepared
 from launcher.training.scoring import CHECKPOINT_SCORE, dedupe_by_epoch
@@ -83,14 +84,15 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", callbacks=None, st
     storage = storage or cfg.storage_path()
     trainer = trainer_lib.torch_trainer(train_loop, loop_config, cfg, name, (CHECKPOINT_SCORE, mode), callbacks, storage)
     start = time.time()
-    try:
-        result = trainer.fit()
-    finally:
-        log = ray.get(run_log.get.remote())
-        ray.kill(run_log)
+    with storage_errors(redact_uri(storage)):  # a full or read-only run storage: one line naming it
+        try:
+            result = trainer.fit()
+        finally:
+            log = ray.get(run_log.get.remote())
+            ray.kill(run_log)
+        if getattr(result, "error", None) is not None:
+            raise result.error
     wall = time.time() - start
-    if getattr(result, "error", None) is not None:
-        raise result.error
     if log.get("fatal"):
         raise NonFiniteLoss(log["fatal"][-1]["message"])
     history = dedupe_by_epoch(log.get("report", []))

@@ -3,7 +3,7 @@ uninterrupted run ends (same global_step, each epoch and step logged once, same 
 
 Faults come from outside (tests/helpers/faults.py): a thread waits for the k-th checkpoint in the run's Ray
 storage and then kills a worker by PID, removes a node, or kills the driver. One short test runs in
-the default suite; the rest are `slow` (`make test-slow`).
+the default suite (`make test` guards resume on its own); the rest are `slow` (`make test-slow`).
 """
 
 from __future__ import annotations
@@ -54,30 +54,32 @@ def _train_with_fault(ray_session, cfg, sig, seed, last=3):
     return results, fault.result()
 
 
-def _check_resumed(results, info, epochs=2, n=N_TRAIN):
+def _check_resumed(results, info, epochs=2, n=N_TRAIN, test=True):
     steps = optimizer_steps(n, WORKERS, BATCH, ACCUM, epochs)
     assert results["restarts"] == 1, (results, info)
     # It resumed from the latest checkpoint (at least as new as the newest one registered before the
     # kill: never an older or merely the best one), not from scratch.
     assert len(results["resumed_steps"]) == 1, (results, info)
     assert info["registered_step"] <= results["resumed_steps"][0] < steps, (results["resumed_steps"], info)
-    assert results["test"]["weights"] == "best"
+    if test:
+        assert results["test"]["weights"] == "best"
     return steps
 
 
-@pytest.mark.slow  # fault injection needs a quiet machine; runs in `make test-slow`
-def test_killed_worker_resumes_from_latest_checkpoint(ray_session, tiny_bert, sentiment_files, tmp_path):
-    """SIGKILL of a random worker after a random early checkpoint: one restart, a complete history."""
+def test_killed_worker_resumes_with_exact_step_count(ray_session, tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    """The default suite's guard on resume (`make test`): SIGKILL of a random worker right after the first
+    checkpoint; one restart from that checkpoint, every step and epoch once, the exact step count."""
+    # Ray Train's controller polls the workers every 2 s, and each checkpoint waits for a poll: 0.5 s
+    # here (read when the trainer is built) keeps this test short.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     out = str(tmp_path / "run")
-    cfg = _config(tiny_bert, sentiment_files, out, every=2, data={"max_train_samples": 96, "max_length": 32})
-    # 6 steps per epoch: checkpoints at steps 2, 4, 6 (after validation), 8, 10, 12
-    results, info = _train_with_fault(ray_session, cfg, signal.SIGKILL, seed=int(time.time()), last=2)
-    steps = _check_resumed(results, info, n=96)
+    files = {k: v for k, v in sentiment_files.items() if k != "test"}  # no test pass: seconds saved
+    cfg = _config(tiny_bert, files, out, every=2, data={"max_train_samples": 64, "max_length": 16})
+    # 4 steps per epoch, 8 in all: checkpoints at steps 2, 4 (after validation), 6, 8; the kill lands after step 2
+    results, info = _train_with_fault(ray_session, cfg, signal.SIGKILL, seed=int(time.time()), last=1)
+    steps = _check_resumed(results, info, n=64, test=False)
     faults.assert_complete_history(out, results, steps, epochs=2)
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "best"))
-    assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert os.path.isfile(os.path.join(out, "best", "model.safetensors"))
 
 
 # ---------------------------------------------------------------------- slow: compared with a real uninterrupted run

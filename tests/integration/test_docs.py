@@ -43,3 +43,19 @@ def test_every_example_config_parses_and_starts_with_its_command():
             validate(cfg)
     finally:
         os.chdir(cwd)
+
+
+def test_fault_table_names_tests_that_exist():
+    """docs/faults.md: every test its table cites is a real file (and function), in the tier the row says."""
+    import re
+
+    text = open(os.path.join(ROOT, "docs", "faults.md")).read()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "`tests/" in line]
+    assert len(rows) >= 10
+    for row in rows:
+        tiers = {t.strip() for t in row.rstrip(" |").rsplit("|", 1)[1].split(",")}
+        assert tiers <= {"default", "slow", "xla"}, row
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", row):
+            source = open(os.path.join(ROOT, path)).read()
+            if name:
+                assert f"def {name}(" in source, (path, name)

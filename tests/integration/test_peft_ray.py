@@ -11,14 +11,12 @@ import json
 import os
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
+from tests.helpers.config import base_config
+from tests.helpers.data import sentiment_rows, write_csv
 
-from tests.helpers.config import base_config  # noqa: E402
-from tests.helpers.data import sentiment_rows, write_csv  # noqa: E402
-
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.requires("peft", install="make venv")]
 LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
 
 

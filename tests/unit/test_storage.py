@@ -54,3 +54,25 @@ def test_run_names_are_unique_in_shared_storage(tmp_path, monkeypatch):
     monkeypatch.setenv("LAUNCHER_STORAGE", str(tmp_path / "nfs"))
     cfg.ray.storage_path = None
     assert storage.run_name(cfg) == b
+
+
+def test_storage_error_cause_finds_refused_writes():
+    import errno
+
+    from launcher.errors import StorageError
+
+    # pyarrow's OSError names the errno in its text only; a read-only remount; a quota; wrapped twice.
+    arrow = OSError("Failed to open local file '/s/run/x'. Detail: [errno 28] No space left on device")
+    assert storage.storage_error_cause(RuntimeError("outer"), "/s") is None
+    try:
+        try:
+            raise arrow
+        except OSError as e:
+            raise RuntimeError("upload failed") from e
+    except RuntimeError as e:
+        found = storage.storage_error_cause(e, "/s/run")
+    assert isinstance(found, StorageError) and found.cause == "no space left on the device (ENOSPC)"
+    ro = storage.storage_error_cause(OSError(errno.EROFS, "Read-only file system", "/s/run/a"), "/s/run")
+    assert "read-only file system (EROFS writing /s/run/a)" in str(ro) and "--resume" in str(ro)
+    assert storage.storage_error_cause(OSError(errno.ENOENT, "No such file"), "/s") is None
+    assert storage.storage_error_cause(ValueError("[errno 28] in a message, but not an OSError"), "/s") is None

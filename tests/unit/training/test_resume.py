@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import warnings
 
+import lightning.pytorch as pl
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
-torch = pytest.importorskip("torch")
-pl = pytest.importorskip("lightning.pytorch")
-
-from torch.utils.data import DataLoader  # noqa: E402
-
-from launcher.data.sampling import TrainBatchSampler  # noqa: E402
-from launcher.training.resume import LoaderPosition, ResumableLoader  # noqa: E402
+from launcher.data.sampling import TrainBatchSampler
+from launcher.training.resume import LoaderPosition, ResumableLoader
 
 N, BATCH, ACCUM, EPOCHS = 27, 2, 2, 3  # 14 batches and 7 optimizer steps per epoch
 
