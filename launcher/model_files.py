@@ -63,6 +63,21 @@ def has_tokenizer_files(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES)
 
 
+def tokenizer_source(model) -> tuple[str, str, bool]:
+    """(where the tokenizer is read from, the key that names it, whether it comes from the GGUF file)
+    for a ModelConfig: model.tokenizer when set, else the model's own folder."""
+    path = model.tokenizer or model.name_or_path
+    return path, "model.tokenizer" if model.tokenizer else "model.name_or_path", bool(model.gguf_file and not model.tokenizer)
+
+
+def check_tokenizer_folder(path: str, key: str, gguf: bool = False) -> None:
+    """A local tokenizer folder holds tokenizer files: transformers would otherwise build an empty
+    tokenizer (special tokens only) from config.json alone."""
+    if os.path.isdir(path) and not gguf and not has_tokenizer_files(path):
+        raise ConfigError(key, f"no tokenizer files in {path} (tokenizer.json, tokenizer_config.json, vocab.txt, ...)",
+                          "save the tokenizer into that folder (tokenizer.save_pretrained) or set model.tokenizer to a tokenizer folder")
+
+
 def read_export_info(model_dir: str, key: str = "--model"):
     """(launcher.json, the resolved Config) saved beside a model exported by launcher."""
     if not os.path.isdir(model_dir):

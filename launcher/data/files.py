@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
 
 from launcher.config.schema import Config
 from launcher.errors import ConfigError
@@ -39,8 +40,9 @@ def check_exists(key: str, path: str) -> None:
         raise ConfigError(key, f"file is empty: {path}", "give a file with at least one example")
 
 
-def check_file(key: str, path: str) -> None:
-    """check_exists, then what a look at the file tells without reading it all with `datasets`."""
+def check_file(key: str, path: str, json_pass: bool = True) -> None:
+    """check_exists, then what a look at the file tells without reading it all with `datasets`
+    (`json_pass`: parse every line of a JSON file; launcher.data.precheck does that in its own pass)."""
     check_exists(key, path)
     if "://" in path:
         return
@@ -52,7 +54,7 @@ def check_file(key: str, path: str) -> None:
         raise ConfigError(key, f"file is not readable: {path}", "fix its permissions")
     if builder_for(path) == "unknown":
         raise ConfigError(key, f"unknown file type: {path}", "use .csv, .tsv, .json, .jsonl, .parquet, .txt or a save_to_disk folder")
-    if builder_for(path) == "json":
+    if builder_for(path) == "json" and json_pass:
         _check_json_lines(key, path)
     if builder_for(path) == "csv":
         with open(path, "rb") as f:
@@ -61,22 +63,47 @@ def check_file(key: str, path: str) -> None:
             raise ConfigError(key, f"no examples in {path}: only a header line", "add at least one row below the header")
 
 
-def _check_json_lines(key: str, path: str) -> None:
+def json_records(key: str, path: str) -> Iterator:
+    """The records of a JSON Lines file or of a file holding one JSON array, one by one; a line that is
+    not JSON is a ConfigError naming it."""
     with open(path, encoding="utf-8") as f:
         head = f.read(1).strip()
         f.seek(0)
         if head == "[":
             try:
-                json.load(f)
+                data = json.load(f)
             except json.JSONDecodeError as e:
                 raise ConfigError(key, f"{path} line {e.lineno}: invalid JSON ({e.msg})", "fix that line") from None
+            yield from data
             return
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ConfigError(key, f"{path} line {lineno}: invalid JSON ({e.msg})", "fix that line (JSON Lines: one object per line)") from None
+                yield record
+
+
+_CHECKED: set = set()  # JSON files parsed whole once already (the cheap checks' pass), by (path, size, mtime)
+
+
+def _stamp(path: str) -> tuple:
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+def mark_checked(path: str) -> None:
+    """Every line of this JSON file parsed: `check_file` need not parse it again while it is unchanged."""
+    _CHECKED.add(_stamp(path))
+
+
+def _check_json_lines(key: str, path: str) -> None:
+    if _stamp(path) in _CHECKED:
+        return
+    for _ in json_records(key, path):
+        pass
+    mark_checked(path)
 
 
 def check_paths(cfg: Config) -> None:
@@ -129,19 +156,41 @@ class _DropErrors:
         return record.levelno < 40  # logging.ERROR
 
 
-def require_columns(key: str, path: str, ds, columns: dict[str, Optional[str]]) -> None:
-    """`columns` maps config key → column name; names a missing one and lists the present ones."""
-    for ckey, col in columns.items():
-        if col is not None and col not in ds.column_names:
-            raise ConfigError(ckey, f"column {col!r} not in {path}", "present columns: " + ", ".join(ds.column_names))
+@dataclass(frozen=True)
+class Need:
+    """A column a task reads: the config key that names it, its name (None: not used) and whether every
+    cell must be filled (not null, blank or an empty list). Tasks list theirs in launcher.tasks.precheck;
+    the same list checks the file before anything loads (launcher.data.precheck) and the loaded Dataset."""
+
+    key: str
+    column: Optional[str]
+    filled: bool = False
 
 
-def check_no_empty(path: str, ds, column: str, key: str) -> None:
-    """Names the first row whose cell is empty or null."""
-    values = ds[column]
-    for i, v in enumerate(values):
-        if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
-            raise ConfigError(key, f"{path} row {i + 1}: empty {column!r}", "fill or drop that row")
+def is_empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
+
+
+def missing_column(path: str, present: list, needs: Iterable[Need]) -> None:
+    """The first needed column not in `present`, named by its key, with the columns that are there."""
+    for n in needs:
+        if n.column is not None and n.column not in present:
+            raise ConfigError(n.key, f"column {n.column!r} not in {path}", "present columns: " + ", ".join(map(str, present)))
+
+
+def empty_cell(path: str, row: int, column: str, key: str) -> ConfigError:
+    """`row` counts examples from 1 (a CSV's header is not one)."""
+    return ConfigError(key, f"{path} row {row}: empty {column!r}", "fill or drop that row")
+
+
+def check_dataset(path: str, ds, needs: list[Need]) -> None:
+    """The `needs` against a loaded datasets.Dataset: columns first, then empty cells column by column."""
+    missing_column(path, ds.column_names, needs)
+    for n in needs:
+        if n.filled and n.column is not None:
+            for i, v in enumerate(ds[n.column]):
+                if is_empty(v):
+                    raise empty_cell(path, i + 1, n.column, n.key)
 
 
 def load_splits(cfg: Config, reader: Callable[[str, str], object] = read_file) -> dict:

@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from launcher.data.files import check_no_empty, require_columns
 from launcher.errors import ConfigError, first_line
 from launcher.resolve import import_object
 from launcher.tasks.core import Task, TaskModule, load_model, update_all
@@ -218,12 +217,6 @@ class BaseTask(Task):
             return False
 
     # ------------------------------------------------------------------ data
-    def check_split(self, split, path, ds) -> None:
-        d = self.cfg.data
-        key = f"data.{split}_file" if split != "predict" else "--input"
-        require_columns(key, path, ds, {"data.text_column": d.text_column, "data.text_pair_column": d.text_pair_column})
-        check_no_empty(path, ds, d.text_column, "data.text_column")
-
     def prepare(self, splits, tokenizer, meta=None):
         d = self.cfg.data
         has_labels = d.label_column in splits["train"].column_names

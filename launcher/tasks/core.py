@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 from typing import Optional
 
 import lightning.pytorch as pl
@@ -21,8 +20,8 @@ from launcher.config.schema import Config
 from launcher.console import say
 from launcher.data import files as data_lib
 from launcher.errors import ConfigError, first_line
-from launcher.model_files import check_model_path, has_tokenizer_files
-from launcher.tasks import _peft
+from launcher.model_files import check_model_path, check_tokenizer_folder, tokenizer_source
+from launcher.tasks import _peft, precheck
 
 
 @dataclasses.dataclass
@@ -82,14 +81,9 @@ class Task:
         from transformers import AutoTokenizer
 
         m = self.cfg.model
-        path = m.tokenizer or m.name_or_path
-        key = "model.tokenizer" if m.tokenizer else "model.name_or_path"
+        path, key, gguf = tokenizer_source(m)
         check_model_path(path, key)
-        gguf = m.gguf_file and not m.tokenizer
-        if os.path.isdir(path) and not gguf and not has_tokenizer_files(path):
-            # transformers would build an empty tokenizer (special tokens only) from config.json alone.
-            raise ConfigError(key, f"no tokenizer files in {path} (tokenizer.json, tokenizer_config.json, vocab.txt, ...)",
-                              "save the tokenizer into that folder (tokenizer.save_pretrained) or set model.tokenizer to a tokenizer folder")
+        check_tokenizer_folder(path, key, gguf)
         try:
             kwargs = {"gguf_file": m.gguf_file} if gguf else {}
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=m.trust_remote_code, revision=m.revision, **kwargs)
@@ -125,8 +119,14 @@ class Task:
             self.check_split(split, data_lib.file_of(self.cfg, split), ds)
         return splits
 
+    def needs(self, split: str) -> list[data_lib.Need]:
+        """The columns this task reads from a split's file: built-in tasks declare theirs in
+        launcher.tasks.precheck (which also checks the files before anything loads)."""
+        return precheck.needs(self.name, self.cfg, self.options, split)
+
     def check_split(self, split: str, path: str, ds) -> None:
-        """Raise ConfigError for missing columns / empty cells. Override per task."""
+        """Raise ConfigError for missing columns / empty cells (`needs`). Extend per task."""
+        data_lib.check_dataset(path, ds, self.needs(split))
 
     def prepare(self, splits: dict, tokenizer, meta: Optional[dict] = None) -> tuple[dict, dict]:
         """Tokenise every split once. Returns (tokenised splits, meta shipped to the workers)."""

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 from launcher.data import files as data_lib
 from launcher.errors import ConfigError
-from launcher.data.files import require_columns
 from launcher.errors import first_line
 from launcher.model_files import read_export_info
 from launcher.tasks import _prompts as prompts
 from launcher.tasks.core import Task, TaskModule, max_positions
+from launcher.tasks.precheck import PromptColumns
 
 OBJECTIVES = ("causal", "masked")
 #: `launcher predict --option` keys passed to `generate` (causal) besides batch_size/device
@@ -35,17 +35,14 @@ GENERATE_OPTIONS = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sampl
 
 
 @dataclass
-class Options:
+class Options(PromptColumns):
+    # prompt_column, response_column: launcher.tasks.precheck
     objective: Optional[str] = None
     """causal (next-token) or masked; default: causal for decoder models, masked for encoders."""
     mlm_probability: float = 0.15
     """masked: fraction of tokens selected for prediction (80% [MASK], 10% random, 10% kept)."""
     packing: bool = True
     """Concatenate texts and cut them into data.block_size blocks; false: one padded example per document."""
-    prompt_column: Optional[str] = None
-    """Prompt → response data (causal only): the prompt column; the loss is on the response (chat template when the tokenizer has one)."""
-    response_column: Optional[str] = None
-    """Prompt → response data: the response column (set with prompt_column)."""
 
     def __post_init__(self):
         if self.objective is not None and self.objective not in OBJECTIVES:
@@ -277,16 +274,6 @@ class LanguageModeling(Task):
 
     def read(self, key, path):
         return read_text(key, path)
-
-    def check_split(self, split, path, ds) -> None:
-        o = self.options
-        if o.prompt_column:
-            cols = {"task_options.prompt_column": o.prompt_column}
-            if split != "predict":
-                cols["task_options.response_column"] = o.response_column
-            require_columns(f"data.{split}_file", path, ds, cols)
-            return
-        require_columns(f"data.{split}_file", path, ds, {"data.text_column": self.cfg.data.text_column})
 
     # ---------------------------------------------------------------- data
     def prepare(self, splits, tokenizer, meta=None):

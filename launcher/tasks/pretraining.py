@@ -33,7 +33,6 @@ from torch import nn
 
 from launcher.data import files as data_lib
 from launcher.errors import ConfigError
-from launcher.data.files import require_columns
 from launcher.tasks.core import Task, TaskModule
 from launcher.tasks.language_modeling import LMCollator, block_size_for, encode_lm, fill_mask, perplexity, token_loss
 
@@ -223,9 +222,6 @@ class Pretraining(Task):
         # Training documents are separated by blank lines (one row per document); a `launcher predict`
         # input holds one text per line.
         return data_lib.read_file(key, path, **({"sample_by": "paragraph"} if key.startswith("data.") else {}))
-
-    def check_split(self, split, path, ds) -> None:
-        require_columns(f"data.{split}_file", path, ds, {"data.text_column": self.cfg.data.text_column})
 
     def prepare(self, splits, tokenizer, meta=None):
         if meta is not None:

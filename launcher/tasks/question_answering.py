@@ -44,19 +44,15 @@ from torch import nn
 from launcher.data.files import check_no_empty, file_of, require_columns
 from launcher.errors import ConfigError
 from launcher.tasks.core import PadCollator, Task, TaskModule
+from launcher.tasks.precheck import QuestionAnsweringColumns
 
 #: eval-feature columns that are not model inputs
 SIDE_COLUMNS = ("example_id", "offset_mapping")
 
 
 @dataclass
-class Options:
-    question_column: str = "question"
-    """Column with the question."""
-    context_column: str = "context"
-    """Column with the context the answer is taken from."""
-    answers_column: str = "answers"
-    """Column with {"text": [...], "answer_start": [...]} (character offsets into the context)."""
+class Options(QuestionAnsweringColumns):
+    # question_column, context_column, answers_column: launcher.tasks.precheck
     doc_stride: int = 64
     """Tokens of overlap between consecutive windows of a long context."""
     max_answer_length: int = 30
@@ -320,12 +316,7 @@ class QuestionAnswering(Task):
     def check_split(self, split, path, ds) -> None:
         o = self.options
         key = f"data.{split}_file" if split != "predict" else "--input"
-        cols = {"task_options.question_column": o.question_column, "task_options.context_column": o.context_column}
-        if split != "predict":
-            cols["task_options.answers_column"] = o.answers_column
-        require_columns(key, path, ds, cols)
-        check_no_empty(path, ds, o.question_column, "task_options.question_column")
-        check_no_empty(path, ds, o.context_column, "task_options.context_column")
+        super().check_split(split, path, ds)  # the columns (launcher.tasks.precheck)
         if split == "predict":
             return
         example = '{"text": ["Paris"], "answer_start": [17]}'

@@ -13,7 +13,6 @@ from typing import Optional
 from torch import nn
 
 from launcher.errors import ConfigError
-from launcher.data.files import check_no_empty, require_columns
 from launcher.tasks.core import Task, TaskModule, update_all
 
 
@@ -48,16 +47,6 @@ class SequenceClassification(Task):
     Module = SequenceClassificationModule
     auto_model = "AutoModelForSequenceClassification"
     pipeline_task = "text-classification"
-
-    def check_split(self, split, path, ds) -> None:
-        d = self.cfg.data
-        cols = {"data.text_column": d.text_column, "data.text_pair_column": d.text_pair_column}
-        if split != "predict":
-            cols["data.label_column"] = d.label_column
-        require_columns(f"data.{split}_file", path, ds, cols)
-        check_no_empty(path, ds, d.text_column, "data.text_column")
-        if split != "predict":
-            check_no_empty(path, ds, d.label_column, "data.label_column")
 
     def label_info(self, splits: dict, meta: Optional[dict]) -> dict:
         """Label map from the training data (or from an exported model's config when given)."""

@@ -18,7 +18,6 @@ from typing import Optional
 
 from torch import nn
 
-from launcher.data.files import check_no_empty, require_columns
 from launcher.tasks import _seq2seq as seq2seq
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
@@ -45,14 +44,6 @@ class Summarization(seq2seq.Seq2SeqTask):
 
     def targets(self, batch) -> Optional[list[str]]:
         return batch.get(self.columns[1])
-
-    def check_split(self, split, path, ds) -> None:
-        src, tgt = self.columns
-        key = "data.source_column" if self.cfg.data.source_column else "data.text_column"
-        require_columns(f"data.{split}_file", path, ds, {key: src} | ({"data.target_column": tgt} if split != "predict" else {}))
-        check_no_empty(path, ds, src, key)
-        if split != "predict":
-            check_no_empty(path, ds, tgt, "data.target_column")
 
     # ---------------------------------------------------------------- metrics (used by Seq2SeqModule)
     def text_metrics(self) -> nn.ModuleDict:

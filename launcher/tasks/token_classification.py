@@ -28,8 +28,8 @@ from torch import nn
 from launcher.data import files as data_lib
 from launcher.errors import ConfigError
 from launcher.data.counting import is_conll
-from launcher.data.files import require_columns
 from launcher.tasks.core import PadCollator, Task, TaskModule
+from launcher.tasks.precheck import TokenClassificationColumns
 
 SCHEMES = ("IOB2", "IOB1")
 _IOB_TAG = re.compile(r"^(O|[BI]-.+)$")
@@ -38,11 +38,8 @@ BYTE_LEVEL_BPE = ("RobertaTokenizer", "GPT2Tokenizer", "BloomTokenizer", "Longfo
 
 
 @dataclass
-class Options:
-    words_column: str = "tokens"
-    """Column with each row's list of words (JSON/JSONL/Parquet data)."""
-    tags_column: str = "ner_tags"
-    """Column with each row's list of tags, one per word (strings like B-PER, or ints with label_names)."""
+class Options(TokenClassificationColumns):
+    # words_column, tags_column: launcher.tasks.precheck
     scheme: str = "IOB2"
     """Tagging scheme for entity metrics: IOB2 (strict spans, B- starts every entity) or IOB1 (conlleval rules)."""
     format: Optional[str] = None
@@ -215,9 +212,7 @@ class TokenClassification(Task):
         if split == "predict":
             if o.words_column not in ds.column_names and self.cfg.data.text_column in ds.column_names:
                 return  # plain texts: split on whitespace at prediction time
-            require_columns(key, path, ds, {"task_options.words_column": o.words_column})
-        else:
-            require_columns(key, path, ds, {"task_options.words_column": o.words_column, "task_options.tags_column": o.tags_column})
+        super().check_split(split, path, ds)  # the columns (launcher.tasks.precheck)
         tag_names = self.tag_names(ds) if split != "predict" else None
         words_col = list(ds[o.words_column])
         tags_col = list(ds[o.tags_column]) if split != "predict" else [None] * len(ds)

@@ -23,7 +23,6 @@ from typing import Optional
 from torch import nn
 
 from launcher.errors import ConfigError
-from launcher.data.files import check_no_empty, require_columns
 from launcher.tasks import _seq2seq as seq2seq
 
 
@@ -62,11 +61,7 @@ class Translation(seq2seq.Seq2SeqTask):
         if not self.dict_mode:
             if not d.target_column and split != "predict":
                 raise ConfigError("data.target_column", "is required with data.source_column", "name the column with the translations")
-            require_columns(key, path, ds, {"data.source_column": d.source_column} |
-                            ({"data.target_column": d.target_column} if split != "predict" else {}))
-            check_no_empty(path, ds, d.source_column, "data.source_column")
-            if split != "predict":
-                check_no_empty(path, ds, d.target_column, "data.target_column")
+            super().check_split(split, path, ds)  # the columns (launcher.tasks.precheck)
             return
         if "translation" not in ds.column_names:
             raise ConfigError("data.source_column", f"no source column set and no 'translation' column in {path}",

@@ -1,6 +1,7 @@
 """Driver side, before Ray: everything that can fail on bad config or data, then the tokenised splits.
 
-`check(cfg)` is the cheap part (config, task name, paths: well under a second); `prepare(cfg)` loads
+`check(cfg)` is the cheap part (config, task name, paths, model folder, columns and empty cells from
+one streamed pass over the files: well under a second); `prepare(cfg)` loads
 the task, its tokenizer and data and tokenises every split once, for all workers (and all trials).
 """
 
@@ -14,6 +15,7 @@ from launcher import tasks
 from launcher.config import Config, validate
 from launcher.data.files import check_paths
 from launcher.errors import ConfigError
+from launcher.tasks import precheck
 
 
 @dataclass
@@ -28,10 +30,12 @@ class Prepared:
 
 
 def check(cfg: Config) -> None:
-    """Config, task name and data paths: the checks that read no data and load no model."""
+    """Config, task name, data paths, then the model folder and the data files' columns and empty
+    cells (launcher.tasks.precheck): the checks that load no model and import no ML library."""
     validate(cfg)
     tasks.check_name(cfg.task)
     check_paths(cfg)
+    precheck.check(cfg)
 
 
 def check_output_dir(cfg: Config, overwrite: bool, resume: bool) -> None:
