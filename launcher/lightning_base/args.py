@@ -13,13 +13,12 @@ import os
 
 from launcher.config import Config
 from launcher.errors import ConfigError
+from launcher.lightning_base.module import arg_to_scheduler_choices, arg_to_scheduler_metavar
 
 RAY_STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 def add_model_specific_args(parser: argparse.ArgumentParser, root_dir: str) -> None:
-    from launcher.lightning_base.module import arg_to_scheduler_choices, arg_to_scheduler_metavar
-
     add = parser.add_argument
     add("--model_name_or_path", default=None, type=str, required=True,
         help="Path to pretrained model or model identifier from huggingface.co/models")

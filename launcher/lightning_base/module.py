@@ -19,6 +19,7 @@ import transformers
 from launcher import optim as optim_lib
 from launcher.config.schema import OptimConfig, SchedulerConfig
 from launcher.data.sampling import batches_per_rank
+from launcher.tasks.language_modeling import default_objective
 
 
 class AutoModelForLanguageModeling:
@@ -27,8 +28,6 @@ class AutoModelForLanguageModeling:
 
     @staticmethod
     def choose(config):
-        from launcher.tasks.language_modeling import default_objective
-
         masked = default_objective(config) == "masked"
         return transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
 
@@ -200,7 +199,7 @@ class BaseTransformer(pl.LightningModule):
 
     @staticmethod
     def add_model_specific_args(parser, root_dir):
-        from launcher.lightning_base.args import add_model_specific_args
+        from launcher.lightning_base.args import add_model_specific_args  # lazy: import cycle (args imports this module)
 
         add_model_specific_args(parser, root_dir)
         return parser

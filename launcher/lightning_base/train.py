@@ -14,16 +14,25 @@ import argparse
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
 import lightning.pytorch as pl
+import ray
+import torch
+from torch.utils.data import DistributedSampler, RandomSampler
 
-from launcher import compat
+from launcher import compat, export, storage
 from launcher.config import Config, from_dict, to_dict
 from launcher.console import say
+from launcher.distributed import cluster
 from launcher.files import write_json, write_kv
 from launcher.lightning_base.args import to_config
+from launcher.training import loop as loop_lib
+from launcher.training.fit import launch
+from launcher.training.scoring import CHECKPOINT_NAME
+from launcher.training.session import TrainSession, run_log_client
 
 BEST_DIR = "best_tfmr"
 
@@ -68,8 +77,6 @@ class LoggingCallback(pl.Callback):
 def shard(loader, rank: int, world: int, seed: int):
     """The user's DataLoader, reading this worker's part of its dataset (a DistributedSampler, shuffled
     when the loader shuffles), as Lightning's `use_distributed_sampler` does, at every world size."""
-    from torch.utils.data import DistributedSampler, RandomSampler
-
     if loader is None:
         return None
     shuffle = isinstance(loader.sampler, RandomSampler)
@@ -79,13 +86,6 @@ def shard(loader, rank: int, world: int, seed: int):
 
 def worker_loop(loop_config: dict) -> None:
     """Runs in every Ray Train worker: fit (or test) the shipped module on this worker's shard."""
-    import time
-
-    import ray
-
-    from launcher.training import loop as loop_lib
-    from launcher.training.session import TrainSession, run_log_client
-
     session = TrainSession()
     lc = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}
     cfg = from_dict(lc["cfg"])
@@ -145,9 +145,6 @@ class RayTrainer:
         return self.cfg.checkpoint.mode_for(self.monitor)
 
     def _start(self, model) -> None:
-        from launcher import storage
-        from launcher.distributed import cluster
-
         # The workers run in folders of their own: paths in hparams must not be relative.
         for key in ("output_dir", "data_dir"):
             if model.hparams.get(key):
@@ -159,19 +156,12 @@ class RayTrainer:
         self.name = self.name or storage.run_name(self.cfg)
 
     def _launch(self, model, stage: str, name: str):
-        import ray
-
-        from launcher import storage
-        from launcher.training.fit import launch
-
         storage.delete(storage.join(self.cfg.storage_path(), name))  # a fresh run: never continue an earlier one of this name
         loop_config = {"cfg": to_dict(self.cfg), "module": ray.put(model), "stage": stage, "monitor": self.monitor, "mode": self.mode,
                        "callbacks": ray.put(list(self.callbacks)), "logger": ray.put(self.logger), "trainer_kwargs": self.trainer_kwargs}
         return launch(self.cfg, worker_loop, loop_config, name, self.monitor, self.mode, 0)
 
     def fit(self, model=None) -> None:
-        from launcher import export
-
         model = model if model is not None else self.model
         self.model = model
         self._start(model)
@@ -186,8 +176,6 @@ class RayTrainer:
             self._load(model, checkpoint)
             save_atomically(model, best_dir)
             if not checkpoint.path.startswith(("s3:", "gs:")) and "://" not in checkpoint.path:
-                from launcher.training.scoring import CHECKPOINT_NAME
-
                 self.best_model_path = os.path.join(checkpoint.path, CHECKPOINT_NAME)
         results = export.results_dict(self.cfg, outcome, best_metrics, best_dir if checkpoint is not None else None)
         results.update(total_steps=info.get("total_steps"), final_lr=outcome.end.get("final_lr"), best_tfmr=results.pop("best_model"))
@@ -201,10 +189,6 @@ class RayTrainer:
             write_kv(val, self.callback_metrics)
 
     def _load(self, model, checkpoint) -> None:
-        import torch
-
-        from launcher.training.scoring import CHECKPOINT_NAME
-
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_NAME), map_location="cpu", weights_only=False)
         model.load_state_dict(state["state_dict"])
