@@ -37,6 +37,16 @@ def cached_logger_experiment(logger):
     return getattr(logger, "_experiment", None)
 
 
+def loader_with_sampler(loader, sampler):
+    """A copy of a user's DataLoader with `sampler` in place of its own
+    (`lightning.pytorch.utilities.data._update_dataloader`, what Lightning does itself when it adds
+    a DistributedSampler; it re-creates the loader from its recorded constructor arguments, so
+    DataLoader subclasses keep working)."""
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    return _update_dataloader(loader, sampler)
+
+
 # ---------------------------------------------------------------------- torch 2.13
 
 
@@ -193,6 +203,13 @@ def checks() -> dict[str, Any]:
         from lightning.pytorch.loggers import CSVLogger
 
         assert CSVLogger(tempfile.mkdtemp())._experiment is None
+
+    def lightning_update_dataloader():
+        from torch.utils.data import DataLoader, SequentialSampler
+
+        data = list(range(6))
+        copy = loader_with_sampler(DataLoader(data, batch_size=4, shuffle=True), SequentialSampler(data))
+        assert isinstance(copy.sampler, SequentialSampler) and copy.batch_size == 4
 
     def dataloader_yielded():
         from torch.utils.data import DataLoader

@@ -38,6 +38,8 @@ class Outcome:
     storage: str
     name: str
     end: dict = field(default_factory=dict)
+    #: everything rank 0 recorded, by kind (a loop may record kinds of its own)
+    records: dict = field(default_factory=dict)
 
     @property
     def restarts(self) -> int:
@@ -72,17 +74,28 @@ def ship(prepared: Prepared) -> dict:
 def fit(cfg: Config, prepared: Prepared, name: str = "train", callbacks=None, storage: Optional[str] = None,
         extra_loop_config: Optional[dict] = None) -> Outcome:
     """Run the Ray Train job for `cfg` and return what it did; raises the run's error."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     monitor = prepared.task.monitor
     mode = cfg.checkpoint.mode_for(monitor)
+    loop_config = {"cfg": to_dict(cfg), "meta": prepared.meta, **ship(prepared), "monitor": monitor, "mode": mode}
+    loop_config.update(extra_loop_config or {})
+    return launch(cfg, train_loop, loop_config, name, monitor, mode, prepared.sizes["train"], callbacks, storage)
+
+
+def launch(cfg: Config, loop, loop_config: dict, name: str, monitor: str, mode: str, train_size: int,
+           callbacks=None, storage: Optional[str] = None) -> Outcome:
+    """Run `loop(loop_config)` on the Ray Train workers of `cfg`, with a run log its rank 0 records to
+    (`loop_config["run_log"]`), and return what it did; raises the run's error.
+
+    The one driver of a Train run: `fit` (a task's loop) and launcher.lightning_base (a user's module).
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     # Pinned to the driver's node: the run's record must outlive any worker node that fails.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     run_log = RunLog.options(num_cpus=0, scheduling_strategy=here).remote()
-    loop_config = {"cfg": to_dict(cfg), "meta": prepared.meta, **ship(prepared), "run_log": run_log, "monitor": monitor, "mode": mode}
-    loop_config.update(extra_loop_config or {})
+    loop_config = {**loop_config, "run_log": run_log}
     storage = storage or cfg.storage_path()
-    trainer = trainer_lib.torch_trainer(train_loop, loop_config, cfg, name, (CHECKPOINT_SCORE, mode), callbacks, storage)
+    trainer = trainer_lib.torch_trainer(loop, loop_config, cfg, name, (CHECKPOINT_SCORE, mode), callbacks, storage)
     start = time.time()
     with storage_errors(redact_uri(storage)):  # a full or read-only run storage: one line naming it
         try:
@@ -99,6 +112,6 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", callbacks=None, st
     test = (log.get("test") or [{}])[-1]
     end = (log.get("end") or [{}])[-1]
     end["resumed_steps"] = [s["resumed_step"] for s in log.get("start", []) if s.get("resumed_step") is not None]
-    samples = prepared.sizes["train"] * max(1, int(max((h.get("epoch", 0) for h in history), default=0)))
+    samples = train_size * max(1, int(max((h.get("epoch", 0) for h in history), default=0)))
     return Outcome(result=result, history=history, test=test, starts=len(log.get("start", [])), wall_s=wall, end=end,
-                   train_samples=samples, monitor=monitor, mode=mode, storage=storage, name=name)
+                   train_samples=samples, monitor=monitor, mode=mode, storage=storage, name=name, records=log)

@@ -42,7 +42,6 @@ def run(loop_config: dict, session) -> None:
     import ray
 
     from launcher.training import resume
-    from launcher.training.callbacks import NonFiniteGuard, ProgressLog, ReportCallback
 
     loop_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}  # see fit.ship
     cfg = from_dict(loop_config["cfg"])
@@ -58,24 +57,13 @@ def run(loop_config: dict, session) -> None:
         module = task.module(loop_config["meta"], tokenizer)
         loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
 
-        report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, session, run_log)
-        guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches)
-        callbacks = [report, guard, resume.LoaderPosition(loaders["train"]), ProgressLog(cfg.logging.progress_every_s)]
-        callbacks += list(loop_config.get("callbacks", []))
-        trainer = make_trainer(cfg, session, callbacks, loggers(cfg, resumed_step) if rank == 0 else False,
-                               find_unused_parameters=bool(getattr(task, "ddp_find_unused_parameters", False)))
-        try:
-            trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders["validation"], ckpt_path=ckpt_path)
-        except NonFiniteLoss as e:
-            # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead
-            # of raising keeps Ray from restarting the workers into the same NaN; the driver raises it.
-            if rank == 0:
-                run_log.record("fatal", {"message": str(e)}, wait=True)
+        fitted = fit_module(cfg, session, run_log, module, loaders, ckpt_path, resumed_step, loop_config["monitor"], loop_config["mode"],
+                            extra_callbacks=loop_config.get("callbacks", []),
+                            find_unused_parameters=bool(getattr(task, "ddp_find_unused_parameters", False)))
+        if fitted is None:
             return
+        trainer, report = fitted
 
-    if rank == 0:
-        run_log.record("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch,
-                               "skipped_steps": guard.skipped})
     if "test" in loaders:
         on_best = report.load_best(module)
         trainer.test(module, dataloaders=loaders["test"], verbose=False)
@@ -86,6 +74,45 @@ def run(loop_config: dict, session) -> None:
     if rank == 0 and cfg.logging.csv and (resumed_step is not None or cfg.checkpoint.every_n_steps):
         # Rows repeated by a restarted group, or logged twice at step checkpoints (ReportCallback).
         resume.dedupe_csv(os.path.join(os.path.abspath(cfg.output_dir), "logs", "csv", "metrics.csv"))
+
+
+def fit_module(cfg: Config, session, run_log, module, loaders: dict, ckpt_path: Optional[str], resumed_step: Optional[int],
+               monitor: str, mode: str, extra_callbacks=(), find_unused_parameters: bool = False, logger=True, **trainer_overrides):
+    """Fit `module` on this worker's `loaders` with launcher's callbacks; (trainer, ReportCallback),
+    or None when the loss went non-finite (recorded as fatal for the driver).
+
+    Shared by `launcher train` (a task's module and loaders) and launcher.lightning_base (a user's
+    LightningModule and its own loaders). `logger`: True for launcher's loggers on rank 0, False for
+    none, or Lightning logger objects.
+    """
+    from launcher.training import resume
+    from launcher.training.callbacks import NonFiniteGuard, ProgressLog, ReportCallback
+
+    rank = session.rank
+    report = ReportCallback(monitor, mode, cfg.checkpoint.every_n_steps, session, run_log)
+    guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches)
+    callbacks = [report, guard, ProgressLog(cfg.logging.progress_every_s)]
+    if isinstance(loaders["train"], resume.ResumableLoader):
+        callbacks.insert(2, resume.LoaderPosition(loaders["train"]))
+    callbacks += list(extra_callbacks)
+    if logger is True:
+        logger = loggers(cfg, resumed_step) if rank == 0 else False
+    elif rank != 0:
+        logger = False
+    trainer = make_trainer(cfg, session, callbacks, logger, find_unused_parameters=find_unused_parameters, **trainer_overrides)
+    try:
+        trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders.get("validation"), ckpt_path=ckpt_path)
+    except NonFiniteLoss as e:
+        # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead
+        # of raising keeps Ray from restarting the workers into the same NaN; the driver raises it.
+        if rank == 0:
+            run_log.record("fatal", {"message": str(e)}, wait=True)
+        return None
+    if rank == 0:
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        run_log.record("end", {"global_step": trainer.global_step, "epochs_completed": trainer.current_epoch,
+                               "skipped_steps": guard.skipped, "final_lr": lr})
+    return trainer, report
 
 
 def setup_process(cfg: Config) -> None:
