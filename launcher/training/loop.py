@@ -94,8 +94,18 @@ def setup_process(cfg: Config) -> None:
     import torch
 
     quiet_warnings()
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    torch.set_num_threads(torch_threads(cfg.ray.cpus_per_worker))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+
+def torch_threads(cpus_per_worker) -> int:
+    """torch's intra-op threads: the worker's CPUs (the drivers resolve auto to a number; a loop
+    started without one uses the CPUs Ray assigned to this process)."""
+    if cpus_per_worker == "auto":
+        import ray
+
+        cpus_per_worker = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return max(1, int(cpus_per_worker))
 
 
 @contextlib.contextmanager
