@@ -16,6 +16,7 @@ import time
 import warnings
 from typing import Optional
 
+from launcher import compat, console
 from launcher.config import Config, from_dict
 from launcher.data.sampling import EvalShard, TrainBatchSampler, from_table
 from launcher.distributed import strategy
@@ -94,6 +95,8 @@ def setup_process(cfg: Config) -> None:
     import torch
 
     quiet_warnings()
+    # Ray Train's "Reporting training result N: ..." line per report: only with --verbose.
+    compat.quiet_train_reports(logging.INFO if console.verbose() else logging.WARNING)
     torch.set_num_threads(torch_threads(cfg.ray.cpus_per_worker))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
