@@ -30,7 +30,10 @@ START_TIMEOUT_ENV, START_TIMEOUT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "
 # TPU hosts, where an XLA compilation may keep a worker from answering for minutes.
 HEALTH_CHECK_ENV, HEALTH_CHECK_S, HEALTH_CHECK_XLA_S = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S", "60", "600"
 # The variables every runtime_env from init_ray sets (Ray refuses a job whose runtime_env sets them too).
-RUNTIME_ENV_KEYS = (START_TIMEOUT_ENV, HEALTH_CHECK_ENV, "TOKENIZERS_PARALLELISM", console.VERBOSE_ENV)
+# Train's controller polls its workers every 2 s by default, and the start of training, each report
+# and the end of a run wait for a poll: 1 s here (as in Tune trials, launcher.search.trial).
+POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1"
+RUNTIME_ENV_KEYS = (START_TIMEOUT_ENV, HEALTH_CHECK_ENV, "TOKENIZERS_PARALLELISM", console.VERBOSE_ENV, POLL_ENV)
 
 
 # ---------------------------------------------------------------------- driver
@@ -44,7 +47,8 @@ def init_ray(cfg: Config, **kwargs) -> None:
         return
     health = os.environ.get(HEALTH_CHECK_ENV) or (HEALTH_CHECK_XLA_S if cfg.ray.accelerator == "tpu" else HEALTH_CHECK_S)
     env_vars = {START_TIMEOUT_ENV: os.environ.get(START_TIMEOUT_ENV, START_TIMEOUT_S), HEALTH_CHECK_ENV: health,
-                "TOKENIZERS_PARALLELISM": "false", console.VERBOSE_ENV: "1" if console.verbose() else "0"}
+                "TOKENIZERS_PARALLELISM": "false", console.VERBOSE_ENV: "1" if console.verbose() else "0",
+                POLL_ENV: os.environ.get(POLL_ENV, POLL_S)}
     if cfg.ray.accelerator == "tpu":
         env_vars.update(xla.worker_env())  # PJRT_DEVICE=CPU on the driver: the workers run XLA on CPU too
     runtime_env = {"env_vars": env_vars}
@@ -67,6 +71,8 @@ def init_ray(cfg: Config, **kwargs) -> None:
         # Ray Train's preemption watcher (one more actor process per run, polling for nodes that a
         # cloud autoscaler drains) has nothing to watch on this one machine.
         env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Nor does Train's metrics exporter (for a cluster's Prometheus) have a reader here.
+        env_vars["RAY_TRAIN_METRICS_ENABLED"] = os.environ.get("RAY_TRAIN_METRICS_ENABLED", "0")
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                  dashboard_port=port, runtime_env=runtime_env, log_to_driver=True, **kwargs)
 
