@@ -10,6 +10,7 @@ Written against: ray 2.60.0, lightning 2.6.6, torch 2.13.0, transformers 5.25, t
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 from typing import Any, Optional
@@ -186,6 +187,21 @@ def train_user_exception(e: BaseException) -> Optional[BaseException]:
     return getattr(e, "_base_exc", None) if type(e).__name__ == "UserExceptionWithTraceback" else None
 
 
+def quiet_train_reports(level: int) -> None:
+    """Ray 2.60 logs "Reporting training result N: TrainingReport(...) from rank R" at INFO for every
+    `ray.train.report`, in the worker, on a logger named by the file path of
+    `ray.train.v2._internal.execution.context` (`logging.getLogger(__file__)`): outside "ray.train",
+    so `RunConfig(logging_config=LoggingConfig(log_level=...))` does not filter it, and Train's worker
+    logging sends root-logger INFO to the console. Sets that logger's level; a Ray without it: no-op."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logger = getattr(context, "logger", None)
+    if isinstance(logger, logging.Logger):
+        logger.setLevel(level)
+
+
 def checks() -> dict[str, Any]:
     """name → a zero-argument callable that raises when the private API it guards is gone (the compat test)."""
 
@@ -271,6 +287,12 @@ def checks() -> dict[str, Any]:
         from ray.job_submission import JobSubmissionClient
 
         assert callable(JobSubmissionClient._do_request)
+
+    def ray_train_report_logger():
+        from ray.train.v2._internal.execution import context
+
+        assert isinstance(context.logger, logging.Logger) and context.logger.name == context.__file__
+        assert "Reporting training result" in open(context.__file__).read()
 
     def ray_raylet_config():
         from ray._raylet import Config as RayConfig

@@ -3,8 +3,31 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Optional
+
+# --verbose: Ray's own INFO lines (Train's "Reporting training result N: ...", worker-group starts,
+# ray.init's banner) reach the terminal too. Trial actors and workers read it from the environment,
+# which launcher.distributed.cluster.init_ray passes to them.
+VERBOSE_ENV = "LAUNCHER_VERBOSE"
+_verbose = False
+
+
+def set_verbose(on: bool) -> None:
+    """Set by each command's parse of its flags (`--verbose`)."""
+    global _verbose
+    _verbose = bool(on)
+
+
+def verbose() -> bool:
+    return _verbose or os.environ.get(VERBOSE_ENV) == "1"
+
+
+def ray_log_level() -> str:
+    """The level of Ray's own log lines on the console: launcher's lines and Ray's warnings and
+    errors by default, everything with --verbose (Ray's log files keep every level either way)."""
+    return "INFO" if verbose() else "WARNING"
 
 
 def say(line: str) -> None:

@@ -13,6 +13,7 @@ model built on torch's "meta" device): exact for every task, as slow as the star
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,10 +32,11 @@ from launcher.console import size
 from launcher.data.counting import conll_sentences, count_rows, is_conll
 from launcher.data.files import SPLIT_KEYS
 from launcher.data.sampling import batches_per_rank, optimizer_steps_per_epoch
+from launcher.distributed import cluster
 from launcher.distributed.memory import Params, checkpoint_params, lora_params, memory_estimate
 from launcher.distributed.trainer import worker_resources
 from launcher.optim import warmup_steps
-from launcher.search.space import parse_space, validate_search
+from launcher.search.space import parse_space, trial_count, validate_search
 from launcher.training.prepare import check, prepare
 
 FLAGS = {
@@ -91,7 +93,12 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
     # train.py runs max_epochs=-1 when max_steps is set: the run ends exactly at max_steps.
     total = t.max_steps if t.max_steps > 0 else steps_epoch * t.max_epochs
     eval_bs = t.eval_batch_size_or_default()
-    per_worker = worker_resources(cfg)
+    cpus = _cpus(cfg, tune)
+    if cpus.cpus is None:  # auto on a cluster: decided once joined; the other resources are known
+        per_worker = worker_resources(_with_cpus(cfg, 1.0))
+        per_worker.pop("CPU")
+    else:
+        per_worker = worker_resources(_with_cpus(cfg, cpus.cpus))
     store = cfg.storage_path()
     name = storage.run_name(cfg)
     out = os.path.abspath(cfg.output_dir)
@@ -104,6 +111,8 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
         "resources": {
             "workers": world,
             "per_worker": per_worker,
+            "cpus_per_worker": cpus.cpus,
+            "cpus_per_worker_why": cpus.why,
             "total": {k: v * world for k, v in per_worker.items()},
             "placement": r.placement_strategy,
             "strategy": r.strategy,
@@ -148,6 +157,18 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
         plan["paths"].update(run_dir=exp_dir, checkpoints=f"{exp_dir}/<trial>/... (each trial's Ray Train run)",
                              results=os.path.join(out, "best.json") + ", trials.csv, search.png", export_copy=None)
     return plan
+
+
+def _cpus(cfg: Config, tune: bool) -> cluster.CpuChoice:
+    """ray.cpus_per_worker as the run will resolve it (launcher.distributed.cluster), without Ray."""
+    trials = 1
+    if tune and cfg.ray.cpus_per_worker == "auto":
+        trials = cluster.auto_trials(cfg, trial_count(cfg, parse_space(cfg)))
+    return cluster.cpus_per_worker(cfg, trials=trials)
+
+
+def _with_cpus(cfg: Config, cpus: float) -> Config:
+    return dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, cpus_per_worker=cpus))
 
 
 # ---------------------------------------------------------------------- data sizes
@@ -241,11 +262,7 @@ def tune_plan(cfg: Config, per_worker: dict) -> dict:
     tc = cfg.tune
     dims = parse_space(cfg)
     validate_search(cfg, dims)
-    grid = 1
-    for d in dims:
-        if d.kind == "grid" or (tc.search_alg == "grid" and d.kind == "choice"):
-            grid *= len(d.args)
-    trials = tc.num_samples * grid
+    trials = trial_count(cfg, dims)
     concurrent = min(trials, tc.max_concurrent_trials) if tc.max_concurrent_trials else trials
     per_trial = {k: v * cfg.ray.num_workers for k, v in per_worker.items()}
     return {
@@ -273,12 +290,17 @@ def _res(d: dict) -> str:
 def render(plan: dict) -> str:
     """The plan as text for people."""
     res, data, st, paths, mem = plan["resources"], plan["data"], plan["steps"], plan["paths"], plan["memory"]
+    per, total = _res(res["per_worker"]), _res(res["total"])
+    if res["cpus_per_worker"] is None:  # auto on a cluster not joined
+        per, total = ", ".join(filter(None, ["CPU auto", per])), ", ".join(filter(None, ["CPU auto", total]))
     lines = ["# resolved config", yaml.safe_dump(plan["config"], sort_keys=False).rstrip(), ""]
     lines += [
         f"task: {plan['task']}",
         "",
         "resources",
-        f"  workers:            {res['workers']} x ({_res(res['per_worker'])})  = {_res(res['total'])} in total",
+        f"  workers:            {res['workers']} x ({per})  = {total} in total",
+        f"  cpus per worker:    {'auto' if res['cpus_per_worker'] is None else format(res['cpus_per_worker'], 'g')} "
+        f"({res['cpus_per_worker_why']}); torch threads follow it",
         f"  placement:          {res['placement']}; strategy {res['strategy']} on {res['accelerator']}",
         "",
         "data" + ("" if data["exact"] else " (estimates, see notes)"),

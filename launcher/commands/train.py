@@ -53,6 +53,7 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
         write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
 
     cluster.init_ray(cfg)
+    cfg = cluster.with_cpus(cfg)  # ray.cpus_per_worker auto → a number, from the CPUs Ray has
     cluster.check_resources(cfg, cluster.cluster_resources())
     outcome = fit(cfg, prepared, name=name)
     with storage_errors(cfg.output_dir):

@@ -29,7 +29,7 @@ from launcher.errors import ConfigError
 from launcher.files import clear_dir, write_json, write_yaml
 from launcher.search import trials as trials_lib
 from launcher.search.report import TuneResult, plot_search, summary_text, trials_table, write_csv
-from launcher.search.space import Dimension, apply_params, parse_space, resolve_metric, validate_search
+from launcher.search.space import Dimension, apply_params, parse_space, resolve_metric, trial_count, validate_search
 from launcher.search.trials import STATUSES, TrialSummary
 from launcher.training.prepare import check, check_output_dir, prepare
 from launcher.training.scoring import finite
@@ -64,6 +64,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
     dims = parse_space(cfg)
     validate_search(cfg, dims)
     check(cfg)
+    cluster.check_local_resources(cfg)  # before Ray: a local machine must fit one trial
     metric, mode = resolve_metric(cfg)
     # Each trial keeps its top-k checkpoints by the searched metric, so its best epoch survives.
     cfg.checkpoint.monitor, cfg.checkpoint.mode = metric, mode
@@ -85,6 +86,8 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
 
     cluster.init_ray(cfg)
     resources = cluster.cluster_resources()
+    # ray.cpus_per_worker auto: the CPUs shared by the trials that run at once, as a number for every trial
+    cfg = cluster.with_cpus(cfg, trials=cluster.auto_trials(cfg, trial_count(cfg, dims), cluster.node_cpus()))
     cluster.check_resources(cfg, resources)
     concurrency = _concurrency(cfg, resources, verbose)
     compat.start_train_autoscaling_coordinator()

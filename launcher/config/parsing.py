@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-from launcher import model_files
+from launcher import console, model_files
 from launcher.config import secrets
 from launcher.config.schema import BadValue, Config, all_keys, coerce, field_type, to_dict
 from launcher.config.secrets import redact
@@ -106,6 +106,7 @@ def parse_command(argv: list[str], prog: str, description: str = "", flags: Opti
         key = name.lstrip("-").replace("-", "_")
         if flag.takes is None:
             values[key] = bool(values[key])
+    console.set_verbose(values.get("verbose", False))
     cfg = None
     if config:
         for key in values:

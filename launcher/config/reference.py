@@ -35,6 +35,9 @@ def _default(f) -> str:
 
 
 def _type(f) -> str:
+    if str(f.type).startswith("Union["):  # Union[float, Literal['auto']] → float | auto
+        parts = [x.strip() for x in str(f.type)[len("Union["):-1].replace("Literal[", "").replace("]", "").split(",")]
+        return " \\| ".join(x.strip("'\"") for x in parts)
     t = str(f.type).replace("typing.", "").replace("Optional[", "").rstrip("]") if "Optional" in str(f.type) else str(f.type)
     if t.startswith("Literal["):
         t = " \\| ".join(x.strip().strip("'\"") for x in t[len("Literal["):].rstrip("]").split(","))

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from launcher.errors import ConfigError
 
@@ -220,8 +220,8 @@ class RayConfig:
     """Give each worker GPUs (`gpus_per_worker`)."""
     accelerator: Literal["auto", "cpu", "gpu", "tpu"] = "auto"
     """Device kind: auto picks gpu when use_gpu, else cpu; tpu runs torch-xla inside the workers."""
-    cpus_per_worker: float = 1.0
-    """CPUs reserved per worker (fractions allowed: several small trials share a machine)."""
+    cpus_per_worker: Union[float, Literal["auto"]] = "auto"
+    """CPUs reserved per worker, also its torch threads: auto divides the CPUs among the workers (and, under launcher tune, the trials at once): a local Ray's CPUs, else the cluster nodes'; a number (fractions allowed) reserves exactly that."""
     gpus_per_worker: float = 1.0
     """GPUs per worker when use_gpu."""
     tpus_per_worker: int = 4
@@ -239,7 +239,8 @@ class RayConfig:
 
     def check(self) -> None:
         require(self.num_workers >= 1, "ray.num_workers", f"must be >= 1, got {self.num_workers}")
-        require(self.cpus_per_worker > 0, "ray.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        require(self.cpus_per_worker == "auto" or self.cpus_per_worker > 0, "ray.cpus_per_worker",
+                f"must be > 0 (or auto), got {self.cpus_per_worker}")
         require(self.gpus_per_worker > 0, "ray.gpus_per_worker", f"must be > 0, got {self.gpus_per_worker}")
         require(self.max_failures >= -1, "ray.max_failures", f"must be >= -1 (-1: retry forever), got {self.max_failures}")
         require(self.tpus_per_worker >= 1, "ray.tpus_per_worker", f"must be >= 1, got {self.tpus_per_worker}")
@@ -460,10 +461,16 @@ def coerce(tp, value):
         optional = len(options) < len(typing.get_args(tp))
         if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~"))):
             return None
-        try:
-            return coerce(options[0], value)
-        except BadValue as e:
-            raise BadValue(e.expected, value, e.choices, optional=optional) from None
+        errors = []
+        for option in options:  # Union[float, Literal["auto"]]: the first that takes the value
+            try:
+                return coerce(option, value)
+            except BadValue as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise BadValue(errors[0].expected, value, errors[0].choices, optional=optional) from None
+        expected = " or ".join(" or ".join(map(repr, e.choices)) if e.expected == "choice" else e.expected for e in errors)
+        raise BadValue(expected, value, optional=optional) from None
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

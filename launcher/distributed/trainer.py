@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from launcher import compat
+from launcher import compat, console
 from launcher.config import Config
-from launcher.distributed import xla
+from launcher.distributed import cluster, xla
 
 
 def worker_resources(cfg: Config) -> dict[str, float]:
     """Ray resources each Train worker reserves (also shown by `launcher plan`)."""
     r = cfg.ray
-    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
+    cpus = r.cpus_per_worker
+    if cpus == "auto":  # the drivers resolve it on the joined cluster (cluster.with_cpus); else a local Ray's share
+        cpus = cluster.cpus_per_worker(cfg).cpus
+        if cpus is None:
+            raise ValueError("ray.cpus_per_worker auto on a cluster: resolve it with cluster.with_cpus(cfg) once joined")
+    resources: dict[str, float] = {"CPU": cpus}
     if r.use_gpu:
         resources["GPU"] = r.gpus_per_worker
     if r.accelerator == "tpu" and not xla.cpu_lane():
@@ -40,7 +45,7 @@ def scaling_config(cfg: Config):
 
 def run_config(cfg: Config, name: str, score: tuple[str, str], callbacks: Optional[list] = None, storage: Optional[str] = None):
     """`score`: (the reported metric Ray ranks checkpoints by, its mode) for the top-k it keeps."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
 
     return RunConfig(
         name=name,
@@ -49,6 +54,9 @@ def run_config(cfg: Config, name: str, score: tuple[str, str], callbacks: Option
                                            checkpoint_score_order=score[1]),
         failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
         callbacks=callbacks or [],
+        # Train's own INFO lines (one "Reporting training result N: TrainingReport(...)" per report,
+        # worker-group starts) stay in its log files under the Ray session unless --verbose.
+        logging_config=LoggingConfig(log_level=console.ray_log_level()),
     )
 
 

@@ -185,6 +185,16 @@ def parse_space(cfg: Config) -> list[Dimension]:
     return dims
 
 
+def trial_count(cfg: Config, dims: list[Dimension]) -> int:
+    """Trials of the search, as Ray Tune's BasicVariantGenerator makes them: num_samples x every grid
+    combination (with search_alg grid, choice values are a grid too)."""
+    grid = 1
+    for d in dims:
+        if d.kind == "grid" or (cfg.tune.search_alg == "grid" and d.kind == "choice"):
+            grid *= len(d.args)
+    return cfg.tune.num_samples * grid
+
+
 def _check_args(where: str, kind: str, args) -> list:
     shape, example = SAMPLERS[kind]
     fix = f"give {kind}: {shape}, e.g. {example}"

@@ -16,6 +16,7 @@ import time
 import warnings
 from typing import Optional
 
+from launcher import compat, console
 from launcher.config import Config, from_dict
 from launcher.data.sampling import EvalShard, TrainBatchSampler, from_table
 from launcher.distributed import strategy
@@ -121,8 +122,20 @@ def setup_process(cfg: Config) -> None:
     import torch
 
     quiet_warnings()
-    torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    # Ray Train's "Reporting training result N: ..." line per report: only with --verbose.
+    compat.quiet_train_reports(logging.INFO if console.verbose() else logging.WARNING)
+    torch.set_num_threads(torch_threads(cfg.ray.cpus_per_worker))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+
+def torch_threads(cpus_per_worker) -> int:
+    """torch's intra-op threads: the worker's CPUs (the drivers resolve auto to a number; a loop
+    started without one uses the CPUs Ray assigned to this process)."""
+    if cpus_per_worker == "auto":
+        import ray
+
+        cpus_per_worker = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return max(1, int(cpus_per_worker))
 
 
 @contextlib.contextmanager

@@ -16,12 +16,17 @@ from launcher.data.sampling import optimizer_steps
 pytestmark = pytest.mark.ray
 
 
-def test_sequence_classification_two_workers_with_accumulation(ray_session, tiny_bert, sentiment_files, tmp_path):
+def test_sequence_classification_two_workers_with_accumulation(ray_session, tiny_bert, sentiment_files, tmp_path, capfd):
     from launcher.commands import train as train_cmd
 
     out = str(tmp_path / "run")
     cfg = base_config(tiny_bert, sentiment_files, out, train={"max_epochs": 3})
     results = train_cmd.run(cfg)
+    # A quiet console: launcher's lines (the workers' too, through Ray's log streaming), not Ray
+    # Train's INFO lines (one per report), which only --verbose shows.
+    console = "".join(capfd.readouterr())
+    assert "[launcher] validation after epoch 3" in console
+    assert "Reporting training result" not in console and "Started training worker group" not in console
 
     expected = optimizer_steps(240, world=2, batch_size=4, accumulation=2, epochs=3)
     assert results["global_step"] == expected == 45

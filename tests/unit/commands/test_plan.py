@@ -47,6 +47,22 @@ def test_steps_and_sizes_follow_the_training_formulas(tiny_bert, tmp_path):
     assert plan_cmd.build(cfg)["steps"]["optimizer_steps_total"] == 7
 
 
+def test_plan_shows_the_cpus_auto_resolves_to_and_why(tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    files = {"train": write_csv(str(tmp_path / "t.csv"), sentiment_rows(8, seed=1))}
+    cfg = base_config(tiny_bert, files, str(tmp_path / "out"), ray={"cpus_per_worker": "auto", "num_workers": 1, "num_cpus": 2})
+    p = plan_cmd.build(cfg)
+    assert p["resources"]["per_worker"] == {"CPU": 2.0} and p["resources"]["cpus_per_worker"] == 2.0
+    assert p["resources"]["cpus_per_worker_why"] == "auto: ray.num_cpus 2 / 1 worker(s)"
+    assert "cpus per worker:    2 (auto: ray.num_cpus 2 / 1 worker(s)); torch threads follow it" in plan_cmd.render(p)
+    cfg.tune.max_concurrent_trials = 2  # under launcher tune the trials at once share the CPUs
+    assert plan_cmd.build(cfg, tune=True)["resources"]["per_worker"] == {"CPU": 1.0}
+    cfg.ray.address = "ray://head:10001"  # a cluster: decided once joined
+    p = plan_cmd.build(cfg)
+    assert p["resources"]["cpus_per_worker"] is None and "CPU" not in p["resources"]["per_worker"]
+    assert "1 x (CPU auto)" in plan_cmd.render(p)
+
+
 def test_validation_split_and_sample_caps_match_load_splits(tiny_bert, tmp_path):
     from launcher.data.files import load_splits
 
