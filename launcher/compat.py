@@ -122,6 +122,19 @@ def trainer_without_dataset_manager():
     return LauncherTorchTrainer
 
 
+def set_function_trial_stop_timeout(seconds: float) -> None:
+    """How long a reused Tune function actor waits for a stopped trial's training thread to end.
+
+    `ray.tune.trainable.function_trainable.FunctionTrainable.reset_config` reads
+    TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) from this process's environment each time it hands
+    the actor a new trial; if the thread is still alive then, the actor is not reused (a fresh one
+    starts). A trial's loop needs a moment to unwind from `tune.report` through Lightning's teardown.
+    """
+    import os
+
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(seconds)))
+
+
 def autoscaler_node_groups() -> list[tuple[dict, int]]:
     """(resources, max_count) of every node type the cluster's autoscaler may start; [] without one.
 
@@ -233,6 +246,13 @@ def checks() -> dict[str, Any]:
 
         assert hasattr(TorchTrainer, "_create_default_callbacks")
         assert trainer_without_dataset_manager() is not TorchTrainer
+
+    def ray_function_thread_timeout():
+        import inspect
+
+        from ray.tune.trainable.function_trainable import FunctionTrainable
+
+        assert "TUNE_FUNCTION_THREAD_TIMEOUT_S" in inspect.getsource(FunctionTrainable.reset_config)
 
     def ray_cluster_config():
         from ray._private.state import state

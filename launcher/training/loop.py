@@ -9,8 +9,10 @@ functions, in the workers only.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -41,14 +43,26 @@ def run(loop_config: dict, session) -> None:
     # In the workers only (the Train controller imports this module too): torch, Lightning, the task.
     import ray
 
-    from launcher.training import resume
-    from launcher.training.callbacks import NonFiniteGuard, ProgressLog, ReportCallback
+    from launcher.training.callbacks import ReportCallback
 
     loop_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}  # see fit.ship
     cfg = from_dict(loop_config["cfg"])
     setup_process(cfg)
-    rank, world = session.rank, session.world
     run_log = run_log_client(loop_config["run_log"])
+    report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, session, run_log)
+    try:
+        _fit_and_test(cfg, loop_config, session, run_log, report)
+    finally:
+        shutil.rmtree(report.tmp, ignore_errors=True)  # best weights and report copies (a reused trial actor runs many)
+
+
+def _fit_and_test(cfg: Config, loop_config: dict, session, run_log, report) -> None:
+    import ray
+
+    from launcher.training import resume
+    from launcher.training.callbacks import NonFiniteGuard, ProgressLog
+
+    rank, world = session.rank, session.world
     with resume_point(session, loop_config.get("init_checkpoint")) as (ckpt_path, resumed_step):
         if rank == 0:
             run_log.record("start", {"time": time.time(), "resumed_step": resumed_step})
@@ -58,7 +72,6 @@ def run(loop_config: dict, session) -> None:
         module = task.module(loop_config["meta"], tokenizer)
         loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
 
-        report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, session, run_log)
         guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches)
         callbacks = [report, guard, resume.LoaderPosition(loaders["train"]), ProgressLog(cfg.logging.progress_every_s)]
         callbacks += list(loop_config.get("callbacks", []))
@@ -89,13 +102,29 @@ def run(loop_config: dict, session) -> None:
 
 
 def setup_process(cfg: Config) -> None:
-    """Per-run process state: threads, seeds, warning filters (a reused Tune actor runs many runs)."""
+    """Per-run process state: threads, seeds, warning filters.
+
+    Set at the start of every run, not once per process: a reused Tune trial actor runs one trial
+    after another (launcher.search.trial), each with its own config. Lightning sets the
+    deterministic-algorithms flag for each Trainer itself (`train.deterministic`).
+    """
     import lightning.pytorch as pl
     import torch
 
     quiet_warnings()
     torch.set_num_threads(max(1, int(cfg.ray.cpus_per_worker)))
+    torch.set_grad_enabled(True)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+
+def release_memory() -> None:
+    """After a run in a process that goes on (a reused trial actor): collect the model, optimizer and
+    loaders the run left in reference cycles, and return cached CUDA blocks to the device."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 @contextlib.contextmanager
