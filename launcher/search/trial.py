@@ -28,6 +28,7 @@ importing transformers or Lightning, which only the Train workers need.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import threading
@@ -35,15 +36,17 @@ import time
 import uuid
 from types import SimpleNamespace
 
+import ray
 from ray import tune
 from ray.train import UserCallback
 
 from launcher import compat
-from launcher.config import from_dict
+from launcher.config import from_dict, to_dict
 from launcher.data.sampling import to_table
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, NonFiniteLoss
 from launcher.search.space import apply_params
 from launcher.search.trials import Settings, write_status
+from launcher.training.session import CheckpointStore, LocalRunLog, TuneSession
 
 #: seconds a stopped trial's loop gets to unwind before Tune gives up reusing its actor (Ray's default: 2)
 TRIAL_STOP_TIMEOUT_S = 30
@@ -55,8 +58,6 @@ def ship(prepared, monitor: str, callbacks: list) -> dict:
     The task object is replaced by what `launcher.training.fit.fit` reads of it (its monitor), so a trial
     process never imports the task module (and Lightning, transformers) itself.
     """
-    import ray
-
     from launcher.training.hyperparams import UseTrialHyperparameters  # lazy: imports Lightning
 
     light = dataclasses.replace(prepared, task=SimpleNamespace(monitor=monitor), tokenizer=ray.put(prepared.tokenizer),
@@ -122,14 +123,7 @@ def train_here(cfg, payload: dict, settings: Settings, name: str, extra: dict) -
     optimizer, loaders and loggers anew, setup_process resets threads and seeds, and the memory is
     released here (launcher.training.loop.release_memory) even when the trial fails or is stopped.
     """
-    import copy
-
-    import ray
-
-    from launcher.config import to_dict
-    from launcher.errors import NonFiniteLoss
-    from launcher.training import loop
-    from launcher.training.session import CheckpointStore, LocalRunLog, TuneSession
+    from launcher.training import loop  # lazy: torch, Lightning and the tasks, in the trial process only
 
     compat.set_function_trial_stop_timeout(TRIAL_STOP_TIMEOUT_S)
     prepared = payload["prepared"]

@@ -10,6 +10,7 @@ from ray import tune
 
 from launcher.config import Config, to_dict
 from launcher.data.sampling import optimizer_steps_per_epoch
+from launcher.distributed.trainer import worker_resources
 from launcher.search.callbacks import CheckpointHygiene, LiveTable
 from launcher.search.trial import ship, trial_main
 from launcher.search.trials import Settings
@@ -75,8 +76,6 @@ def run_search(cfg: Config, dims: list, prepared, settings: Settings, storage: s
     trainable = tune.with_parameters(trial_main, base=to_dict(cfg), payload=payload, settings=settings)
     if settings.in_trial:
         # The trial trains in its own process: it holds what one Train worker would.
-        from launcher.distributed.trainer import worker_resources
-
         trainable = tune.with_resources(trainable, worker_resources(cfg))
     else:
         # The trial driver only waits on its Train job; the job's workers hold the CPUs. One byte of

@@ -18,6 +18,9 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+from launcher import storage as storage_lib
+from launcher.training.scoring import CHECKPOINT_SCORE
+
 
 class Session:
     """The API a training loop needs from the process it runs in. Subclasses fill in the methods."""
@@ -134,8 +137,6 @@ class CheckpointStore:
     REPORT_FILE = "launcher_report.json"
 
     def __init__(self, storage: str, name: str, num_to_keep: Optional[int], mode: str):
-        from launcher import storage as storage_lib
-
         self.fs, root = storage_lib.filesystem(storage)
         self.run_dir = f"{root.rstrip('/')}/{name}"
         self.num_to_keep, self.mode = num_to_keep, mode
@@ -162,8 +163,6 @@ class CheckpointStore:
 
     def save(self, local_dir: str, metrics: dict) -> str:
         import pyarrow.fs
-
-        from launcher.training.scoring import CHECKPOINT_SCORE
 
         entries = self._entries()
         path = f"{self.run_dir}/checkpoint_{(entries[-1][0] + 1) if entries else 0:06d}"
