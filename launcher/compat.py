@@ -10,6 +10,8 @@ Written against: ray 2.60.0, lightning 2.6.6, torch 2.13.0, transformers 5.25, t
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
 import tempfile
 from typing import Any, Optional
@@ -130,8 +132,6 @@ def set_function_trial_stop_timeout(seconds: float) -> None:
     the actor a new trial; if the thread is still alive then, the actor is not reused (a fresh one
     starts). A trial's loop needs a moment to unwind from `tune.report` through Lightning's teardown.
     """
-    import os
-
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(seconds)))
 
 
@@ -248,8 +248,6 @@ def checks() -> dict[str, Any]:
         assert trainer_without_dataset_manager() is not TorchTrainer
 
     def ray_function_thread_timeout():
-        import inspect
-
         from ray.tune.trainable.function_trainable import FunctionTrainable
 
         assert "TUNE_FUNCTION_THREAD_TIMEOUT_S" in inspect.getsource(FunctionTrainable.reset_config)

@@ -141,21 +141,21 @@ def test_asha_stop_ends_the_trial_before_its_actor_takes_the_next(ray_session, t
     """One trial at a time: a learner, a trial whose loss explodes (failed: its actor is not reused),
     a trial too slow to keep (ASHA stops it after epoch 1), and a learner that gets the stopped trial's
     actor — and starts only once the stopped trial's loop has ended."""
-    cfg = _config(tiny_bert, tmp_path, rows=96, epochs=3, scheduler="asha", metric="val_loss", mode="min",
-                  num_samples=1, search_space={"optim.lr": {"grid": [5e-3, 1e30, 1e-7, 4e-3]}})
+    cfg = _config(tiny_bert, tmp_path, rows=256, epochs=3, scheduler="asha", metric="val_loss", mode="min",
+                  num_samples=1, search_space={"optim.lr": {"grid": [5e-3, 1e30, 1e-7, 8e-3]}})
     result = tune_cmd.run(cfg, trial_callbacks=[_probe(probe_folder)], verbose=False)
     rows = {float(r["optim.lr"]): r for r in result.trials}
     assert rows[5e-3]["status"] == "finished", rows
     assert rows[1e30]["status"] == "failed" and "NonFiniteLoss" in rows[1e30]["error"], rows[1e30]
     assert rows[1e-7]["status"] == "stopped early" and rows[1e-7]["epochs_run"] == 1, rows[1e-7]
-    assert result.best and result.best["trial_id"] in (rows[5e-3]["trial_id"], rows[4e-3]["trial_id"])
+    assert result.best and result.best["trial_id"] in (rows[5e-3]["trial_id"], rows[8e-3]["trial_id"])
 
     p = {float(x["row"]["optim.lr"]): x for x in _probes(probe_folder, result.trials)}
-    first, failed, stopped, last = p[5e-3], p[1e30], p[1e-7], p[4e-3]
+    first, failed, stopped, last = p[5e-3], p[1e30], p[1e-7], p[8e-3]
     assert first["pid"] == failed["pid"]  # the learner's actor was reused for the next trial
     assert stopped["pid"] != failed["pid"]  # an actor whose trial failed is not reused
     assert last["pid"] == stopped["pid"]  # the stopped trial's actor was
-    steps_per_epoch = 96 // 8
+    steps_per_epoch = 256 // 8
     assert len(stopped["batches"]) == steps_per_epoch  # stopped at the rung: not one batch of epoch 2
     with open(os.path.join(probe_folder, f"{last['row']['trial_id']}.json")) as f:
         assert json.load(f)["runner_threads"] == 1  # the stopped trial's thread is gone
