@@ -10,7 +10,9 @@ Written against: ray 2.60.0, lightning 2.6.6, torch 2.13.0, transformers 5.25, t
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import sys
 import tempfile
 from typing import Any, Optional
@@ -131,6 +133,17 @@ def trainer_without_dataset_manager():
             return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
     return LauncherTorchTrainer
+
+
+def set_function_trial_stop_timeout(seconds: float) -> None:
+    """How long a reused Tune function actor waits for a stopped trial's training thread to end.
+
+    `ray.tune.trainable.function_trainable.FunctionTrainable.reset_config` reads
+    TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) from this process's environment each time it hands
+    the actor a new trial; if the thread is still alive then, the actor is not reused (a fresh one
+    starts). A trial's loop needs a moment to unwind from `tune.report` through Lightning's teardown.
+    """
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(seconds)))
 
 
 def autoscaler_node_groups() -> list[tuple[dict, int]]:
@@ -272,6 +285,11 @@ def checks() -> dict[str, Any]:
 
         assert hasattr(TorchTrainer, "_create_default_callbacks")
         assert trainer_without_dataset_manager() is not TorchTrainer
+
+    def ray_function_thread_timeout():
+        from ray.tune.trainable.function_trainable import FunctionTrainable
+
+        assert "TUNE_FUNCTION_THREAD_TIMEOUT_S" in inspect.getsource(FunctionTrainable.reset_config)
 
     def ray_cluster_config():
         from ray._private.state import state

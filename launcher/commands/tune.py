@@ -2,8 +2,9 @@
 export the best epoch of all trials.
 
 `run()` is the whole flow, top to bottom: check the config and the search space (no Ray yet) →
-tokenise once on the driver → one Ray Tune trial per sample, each running the same Ray Train loop as
-`launcher train` (launcher.search.trial) → pick the best epoch across every trial → export it to
+tokenise once on the driver → one Ray Tune trial per sample, each running the same loop as
+`launcher train` (launcher.search.trial: in the trial's own, reused process for one worker, as a
+Ray Train run for several) → pick the best epoch across every trial → export it to
 <output_dir>/best and write best.json, trials.csv and search.png (`finish_search`).
 
 This module stays cheap to import (no torch, no ray at import time): `launcher tune --help` and
@@ -59,6 +60,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
     """
     # lazy: Ray and the ML stack load only once the config has passed its checks
     from launcher.search import tuner
+    from launcher.search.trial import runs_in_trial
 
     cfg = copy.deepcopy(config)
     dims = parse_space(cfg)
@@ -94,7 +96,7 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
 
     settings = trials_lib.Settings(metric=metric, mode=mode, keys=[d.key for d in dims],
                                  output_dir=os.path.abspath(cfg.output_dir), train_storage=trials_storage,
-                                 tune_checkpoints=cfg.tune.scheduler == "pbt",
+                                 tune_checkpoints=cfg.tune.scheduler == "pbt", in_trial=runs_in_trial(cfg, [d.key for d in dims]),
                                  bounds={d.key: d.bounds() for d in dims if d.bounds()}, experiment=experiment)
     start = time.time()
     grid = tuner.run_search(cfg, dims, prepared, settings, root, name, resume=resume, concurrency=concurrency,

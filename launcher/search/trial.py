@@ -1,24 +1,34 @@
-"""One trial of `launcher tune`: its driver function, which runs a Ray Train job and passes its reports to Tune.
+"""One trial of `launcher tune`: its Tune function, `trial_main`, which trains the trial's config and reports to Tune.
 
-Ray Train V2 cannot be handed to a Tuner, so each trial is a small Tune function — the trial driver,
-`trial_main` — that runs one Ray Train job through `launcher.training.fit.fit` (the same loop as
-`launcher train`) and passes every validation report on to Tune. The job runs in a thread of the
-trial driver; its reports reach the driver through a one-slot queue, so the driver can call
-`tune.report(metrics, checkpoint=...)` itself. That is what Population Based Training needs:
-Tune only copies a trial's weights into another trial if the trial reported a checkpoint to Tune,
-which `ray.tune.integration.ray_train.TuneReportCallback` (metrics only) does not do.
+Two ways, one loop (launcher.training.loop.run, the loop of `launcher train`):
 
-A trial that starts from a Tune checkpoint (PBT's exploit, or a restored search) runs a fresh Train
-job that resumes that checkpoint (`init_checkpoint`, see launcher.training.loop.train_loop) with its own,
-possibly perturbed, hyperparameters (launcher.training.hyperparams.UseTrialHyperparameters).
+* One worker (`runs_in_trial`): the loop runs right here, in the Tune trial's process, reporting
+  through a TuneSession (`tune.report` / `tune.get_checkpoint`: Ray refuses `ray.train.report` in a
+  Tune function, Ray issue 49454). The Tuner reuses trial actors (`reuse_actors`), so torch,
+  Lightning and transformers are imported once per actor, not once per trial. A trial that ASHA
+  stops ends inside `tune.report` (Tune's stop makes it raise SystemExit) before the actor is handed
+  the next trial; Tune does not reuse an actor whose loop is still running.
+* Several workers (`train_run`): the trial drives one Ray Train job through
+  `launcher.training.fit.fit` in a thread and passes every validation report on to Tune; the
+  reports reach it through a one-slot queue, so it can call `tune.report(metrics, checkpoint=...)`
+  itself (what PBT needs: Tune only copies a trial's weights if the trial reported a checkpoint to
+  Tune, which `ray.tune.integration.ray_train.TuneReportCallback` does not do). Actors are not
+  reused: a stopped trial's Train job would go on in the reused actor.
+
+Both keep their checkpoints in the same layout (<trials storage>/<trial id>[-<copy>]/checkpoint_*,
+launcher.search.trials). A trial that starts from a Tune checkpoint (PBT's exploit, or a restored
+PBT search) runs a fresh run that starts from that checkpoint (`init_checkpoint`, see
+launcher.training.loop.resume_point) with its own, possibly perturbed, hyperparameters
+(launcher.training.hyperparams.UseTrialHyperparameters).
 
 What a trial process unpickles is kept light on purpose (object refs for the tokenised data, the
-tokenizer and Lightning callbacks): a trial driver and its Train controller then start without
+tokenizer and Lightning callbacks): a Train-run trial and its Train controller then start without
 importing transformers or Lightning, which only the Train workers need.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import threading
@@ -26,14 +36,20 @@ import time
 import uuid
 from types import SimpleNamespace
 
+import ray
 from ray import tune
 from ray.train import UserCallback
 
-from launcher.config import from_dict
+from launcher import compat
+from launcher.config import from_dict, to_dict
 from launcher.data.sampling import to_table
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, NonFiniteLoss
 from launcher.search.space import apply_params
 from launcher.search.trials import Settings, write_status
+from launcher.training.session import CheckpointStore, LocalRunLog, TuneSession
+
+#: seconds a stopped trial's loop gets to unwind before Tune gives up reusing its actor (Ray's default: 2)
+TRIAL_STOP_TIMEOUT_S = 30
 
 
 def ship(prepared, monitor: str, callbacks: list) -> dict:
@@ -42,8 +58,6 @@ def ship(prepared, monitor: str, callbacks: list) -> dict:
     The task object is replaced by what `launcher.training.fit.fit` reads of it (its monitor), so a trial
     process never imports the task module (and Lightning, transformers) itself.
     """
-    import ray
-
     from launcher.training.hyperparams import UseTrialHyperparameters  # lazy: imports Lightning
 
     light = dataclasses.replace(prepared, task=SimpleNamespace(monitor=monitor), tokenizer=ray.put(prepared.tokenizer),
@@ -52,8 +66,87 @@ def ship(prepared, monitor: str, callbacks: list) -> dict:
             "callbacks_after_copy": ray.put(list(callbacks) + [UseTrialHyperparameters()])}
 
 
+def runs_in_trial(cfg, keys: list) -> bool:
+    """Whether the trials of a search train in the Tune trial's own process (and actors are reused).
+
+    One worker on Lightning's single-device strategy needs nothing of Ray Train: no process group,
+    no worker group to restart. Several workers, TPU, FSDP and DeepSpeed keep a Train run per trial,
+    as does a search over `ray.*` keys (the trials would ask for different resources).
+    """
+    r = cfg.ray
+    return r.num_workers == 1 and r.accelerator != "tpu" and r.strategy == "ddp" and not any(k.startswith("ray.") for k in keys)
+
+
 def trial_main(config: dict, base: dict, payload: dict, settings: Settings) -> None:
-    """One trial: the config with this trial's values → one Ray Train job; reports go on to Tune."""
+    """One trial: the config with this trial's values → the training loop here, or one Ray Train job."""
+    trial_id = tune.get_context().get_trial_id()
+    cfg = apply_params(from_dict(base), {k: config[k] for k in settings.keys if k in config})
+    cfg.output_dir = os.path.join(settings.output_dir, "trials", trial_id)
+    start_from = tune.get_checkpoint()
+    extra: dict = {"callbacks": payload["callbacks"]}
+    if start_from is None:
+        # Same name as before an interruption: the trial resumes its own latest checkpoint.
+        name = trial_id
+    else:
+        # A new run so that it does not resume its own older checkpoints instead.
+        name = f"{trial_id}-{uuid.uuid4().hex[:6]}"
+        extra["init_checkpoint"] = start_from
+        extra["callbacks"] = payload["callbacks_after_copy"]
+        owner = os.path.basename(os.path.dirname(start_from.path.rstrip("/")))
+        if owner != trial_id:  # PBT's exploit (a restore resumes the trial's own checkpoint)
+            write_status(settings, f"{trial_id}.copy-{name.rsplit('-', 1)[-1]}",
+                         {"from": owner, "checkpoint": os.path.basename(start_from.path.rstrip("/")), "time": time.time()})
+    start = time.time()
+    try:
+        end = (train_here if settings.in_trial else train_run)(cfg, payload, settings, name, extra)
+    except Exception as e:
+        write_status(settings, trial_id, {"status": "failed", "error": error_line(e), "wall_s": time.time() - start})
+        raise
+    write_status(settings, trial_id, {"status": "finished", "global_step": end.get("global_step"),
+                                      "epochs_completed": end.get("epochs_completed"), "wall_s": time.time() - start})
+
+
+def metric_check(settings: Settings, task: str):
+    def check(metrics: dict) -> None:
+        if settings.metric not in metrics:
+            shown = ", ".join(sorted(k for k in metrics if k.startswith(("val_", "train_"))))
+            raise ConfigError("tune.metric", f"{settings.metric} is not reported by task {task}", f"choose one of: {shown}")
+
+    return check
+
+
+def train_here(cfg, payload: dict, settings: Settings, name: str, extra: dict) -> dict:
+    """The trial trains in this process: launcher train's loop (launcher.training.loop.run) with a
+    TuneSession. Returns the run's end record; raises its error (NonFiniteLoss for a NaN loss).
+
+    The actor is reused for the next trial, so nothing may outlive the run: the loop builds model,
+    optimizer, loaders and loggers anew, setup_process resets threads and seeds, and the memory is
+    released here (launcher.training.loop.release_memory) even when the trial fails or is stopped.
+    """
+    from launcher.training import loop  # lazy: torch, Lightning and the tasks, in the trial process only
+
+    compat.set_function_trial_stop_timeout(TRIAL_STOP_TIMEOUT_S)
+    prepared = payload["prepared"]
+    mode = cfg.checkpoint.mode_for(settings.metric)
+    run_log = LocalRunLog()
+    callbacks = copy.deepcopy(ray.get(extra["callbacks"]))  # fresh callback state for every trial of the actor
+    loop_config = {"cfg": to_dict(cfg), "meta": prepared.meta, "tokenizer": prepared.tokenizer, "data": dict(prepared.splits),
+                   "run_log": run_log, "monitor": settings.metric, "mode": mode, **extra, "callbacks": callbacks}
+    session = TuneSession(CheckpointStore(settings.train_storage, name, cfg.checkpoint.num_to_keep, mode), use_gpu=cfg.ray.use_gpu,
+                          tune_checkpoints=settings.tune_checkpoints, check=metric_check(settings, cfg.task))
+    try:
+        loop.run(loop_config, session)
+    finally:
+        del loop_config, callbacks, session
+        loop.release_memory()
+    log = run_log.get()
+    if log.get("fatal"):
+        raise NonFiniteLoss(log["fatal"][-1]["message"])
+    return (log.get("end") or [{}])[-1]
+
+
+def train_run(cfg, payload: dict, settings: Settings, name: str, extra: dict) -> dict:
+    """The trial runs one Ray Train job (several workers): its reports come back here and go on to Tune."""
     from ray.util.queue import Queue
 
     from launcher.training.fit import fit
@@ -63,52 +156,26 @@ def trial_main(config: dict, base: dict, payload: dict, settings: Settings) -> N
     # trial wait for a poll; its metrics exporter is of no use to a trial.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1")
     os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-    trial_id = tune.get_context().get_trial_id()
-    cfg = apply_params(from_dict(base), {k: config[k] for k in settings.keys if k in config})
-    cfg.output_dir = os.path.join(settings.output_dir, "trials", trial_id)
-    start_from = tune.get_checkpoint()
-    extra: dict = {"callbacks": payload["callbacks"]}
-    if start_from is None:
-        # Same name as before an interruption: Train resumes this trial's own latest checkpoint.
-        name = trial_id
-    else:
-        # A new Train job so that it does not resume its own older checkpoints instead.
-        name = f"{trial_id}-{uuid.uuid4().hex[:6]}"
-        extra["init_checkpoint"] = start_from
-        extra["callbacks"] = payload["callbacks_after_copy"]
-        owner = os.path.basename(os.path.dirname(start_from.path.rstrip("/")))
-        if owner != trial_id:  # PBT's exploit (a restore resumes the trial's own checkpoint)
-            write_status(settings, f"{trial_id}.copy-{name.rsplit('-', 1)[-1]}",
-                         {"from": owner, "checkpoint": os.path.basename(start_from.path.rstrip("/")), "time": time.time()})
-
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     box: dict = {}
 
     def work() -> None:
         try:
             box["outcome"] = fit(cfg, payload["prepared"], name=name, callbacks=[ForwardReports(queue)],
-                                       storage=settings.train_storage, extra_loop_config=extra)
+                                 storage=settings.train_storage, extra_loop_config=extra)
         except BaseException as e:  # noqa: BLE001 - handed to the trial driver's thread below
             box["error"] = e
 
-    start = time.time()
-    worker = threading.Thread(target=work, name=f"launcher-trial-{trial_id}", daemon=True)
+    worker = threading.Thread(target=work, name=f"launcher-trial-{name}", daemon=True)
     worker.start()
-    try:
-        for metrics, checkpoint in _reports(queue, worker):
-            if settings.metric not in metrics:
-                shown = ", ".join(sorted(k for k in metrics if k.startswith(("val_", "train_"))))
-                raise ConfigError("tune.metric", f"{settings.metric} is not reported by task {cfg.task}", f"choose one of: {shown}")
-            tune.report(metrics, checkpoint=checkpoint if settings.tune_checkpoints else None)
-        worker.join()
-        if "error" in box:
-            raise box["error"]
-    except Exception as e:
-        write_status(settings, trial_id, {"status": "failed", "error": error_line(e), "wall_s": time.time() - start})
-        raise
-    outcome = box["outcome"]
-    write_status(settings, trial_id, {"status": "finished", "global_step": outcome.end.get("global_step"),
-                                      "epochs_completed": outcome.end.get("epochs_completed"), "wall_s": time.time() - start})
+    check = metric_check(settings, cfg.task)
+    for metrics, checkpoint in _reports(queue, worker):
+        check(metrics)
+        tune.report(metrics, checkpoint=checkpoint if settings.tune_checkpoints else None)
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["outcome"].end
 
 
 def _reports(queue, worker: threading.Thread):

@@ -29,6 +29,8 @@ class Settings:
     output_dir: str
     train_storage: str
     tune_checkpoints: bool = False
+    #: trials train in the Tune trial's own process (one worker), actors reused (launcher.search.trial)
+    in_trial: bool = False
     bounds: dict = field(default_factory=dict)
     experiment: str = ""
 

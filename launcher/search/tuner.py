@@ -10,6 +10,7 @@ from ray import tune
 
 from launcher.config import Config, to_dict
 from launcher.data.sampling import optimizer_steps_per_epoch
+from launcher.distributed.trainer import worker_resources
 from launcher.search.callbacks import CheckpointHygiene, LiveTable
 from launcher.search.trial import ship, trial_main
 from launcher.search.trials import Settings
@@ -73,9 +74,13 @@ def run_search(cfg: Config, dims: list, prepared, settings: Settings, storage: s
     """Tuner.fit() (or Tuner.restore(...).fit()) → ResultGrid."""
     payload = ship(prepared, settings.metric, trial_callbacks or [])
     trainable = tune.with_parameters(trial_main, base=to_dict(cfg), payload=payload, settings=settings)
-    # The trial driver only waits on its Train job; the job's workers hold the CPUs. One byte of
-    # memory is a request every cluster can grant ({"CPU": 0} alone is rejected).
-    trainable = tune.with_resources(trainable, {"memory": 1})
+    if settings.in_trial:
+        # The trial trains in its own process: it holds what one Train worker would.
+        trainable = tune.with_resources(trainable, worker_resources(cfg))
+    else:
+        # The trial driver only waits on its Train job; the job's workers hold the CPUs. One byte of
+        # memory is a request every cluster can grant ({"CPU": 0} alone is rejected).
+        trainable = tune.with_resources(trainable, {"memory": 1})
     if resume:
         tuner = tune.Tuner.restore(settings.experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
         return tuner.fit()
@@ -85,7 +90,9 @@ def run_search(cfg: Config, dims: list, prepared, settings: Settings, storage: s
         tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, num_samples=cfg.tune.num_samples,
                                     scheduler=build_scheduler(cfg, dims, settings, prepared), search_alg=build_search_alg(cfg, concurrency),
                                     time_budget_s=cfg.tune.time_budget_s,
-                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name, reuse_actors=False),
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                    # In-trial training: one actor runs trial after trial (imports paid once).
+                                    reuse_actors=settings.in_trial),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0,
             callbacks=[LiveTable(settings, cfg.logging.progress_every_s if verbose else None), CheckpointHygiene(settings)] + callbacks,

@@ -41,7 +41,7 @@ import torch
 import torchmetrics
 from torch import nn
 
-from launcher.data.files import check_no_empty, file_of, require_columns
+from launcher.data.files import file_of
 from launcher.errors import ConfigError
 from launcher.tasks.core import PadCollator, Task, TaskModule
 from launcher.tasks.precheck import QuestionAnsweringColumns

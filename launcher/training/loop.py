@@ -9,8 +9,10 @@ functions, in the workers only.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -42,13 +44,25 @@ def run(loop_config: dict, session) -> None:
     # In the workers only (the Train controller imports this module too): torch, Lightning, the task.
     import ray
 
-    from launcher.training import resume
+    from launcher.training.callbacks import ReportCallback
 
     loop_config = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in loop_config.items()}  # see fit.ship
     cfg = from_dict(loop_config["cfg"])
     setup_process(cfg)
-    rank, world = session.rank, session.world
     run_log = run_log_client(loop_config["run_log"])
+    report = ReportCallback(loop_config["monitor"], loop_config["mode"], cfg.checkpoint.every_n_steps, session, run_log)
+    try:
+        _fit_and_test(cfg, loop_config, session, run_log, report)
+    finally:
+        shutil.rmtree(report.tmp, ignore_errors=True)  # best weights and report copies (a reused trial actor runs many)
+
+
+def _fit_and_test(cfg: Config, loop_config: dict, session, run_log, report) -> None:
+    import ray
+
+    from launcher.training import resume
+
+    rank, world = session.rank, session.world
     with resume_point(session, loop_config.get("init_checkpoint")) as (ckpt_path, resumed_step):
         if rank == 0:
             run_log.record("start", {"time": time.time(), "resumed_step": resumed_step})
@@ -59,7 +73,7 @@ def run(loop_config: dict, session) -> None:
         loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
 
         fitted = fit_module(cfg, session, run_log, module, loaders, ckpt_path, resumed_step, loop_config["monitor"], loop_config["mode"],
-                            extra_callbacks=loop_config.get("callbacks", []),
+                            extra_callbacks=loop_config.get("callbacks", []), report=report,
                             find_unused_parameters=bool(getattr(task, "ddp_find_unused_parameters", False)))
         if fitted is None:
             return
@@ -78,7 +92,8 @@ def run(loop_config: dict, session) -> None:
 
 
 def fit_module(cfg: Config, session, run_log, module, loaders: dict, ckpt_path: Optional[str], resumed_step: Optional[int],
-               monitor: str, mode: str, extra_callbacks=(), find_unused_parameters: bool = False, logger=True, **trainer_overrides):
+               monitor: str, mode: str, extra_callbacks=(), find_unused_parameters: bool = False, logger=True, report=None,
+               **trainer_overrides):
     """Fit `module` on this worker's `loaders` with launcher's callbacks; (trainer, ReportCallback),
     or None when the loss went non-finite (recorded as fatal for the driver).
 
@@ -90,7 +105,8 @@ def fit_module(cfg: Config, session, run_log, module, loaders: dict, ckpt_path: 
     from launcher.training.callbacks import NonFiniteGuard, ProgressLog, ReportCallback
 
     rank = session.rank
-    report = ReportCallback(monitor, mode, cfg.checkpoint.every_n_steps, session, run_log)
+    if report is None:
+        report = ReportCallback(monitor, mode, cfg.checkpoint.every_n_steps, session, run_log)
     guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches)
     callbacks = [report, guard, ProgressLog(cfg.logging.progress_every_s)]
     if isinstance(loaders["train"], resume.ResumableLoader):
@@ -117,7 +133,12 @@ def fit_module(cfg: Config, session, run_log, module, loaders: dict, ckpt_path: 
 
 
 def setup_process(cfg: Config) -> None:
-    """Per-run process state: threads, seeds, warning filters (a reused Tune actor runs many runs)."""
+    """Per-run process state: threads, seeds, warning filters.
+
+    Set at the start of every run, not once per process: a reused Tune trial actor runs one trial
+    after another (launcher.search.trial), each with its own config. Lightning sets the
+    deterministic-algorithms flag for each Trainer itself (`train.deterministic`).
+    """
     import lightning.pytorch as pl
     import torch
 
@@ -125,6 +146,7 @@ def setup_process(cfg: Config) -> None:
     # Ray Train's "Reporting training result N: ..." line per report: only with --verbose.
     compat.quiet_train_reports(logging.INFO if console.verbose() else logging.WARNING)
     torch.set_num_threads(torch_threads(cfg.ray.cpus_per_worker))
+    torch.set_grad_enabled(True)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
 
@@ -136,6 +158,16 @@ def torch_threads(cpus_per_worker) -> int:
 
         cpus_per_worker = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     return max(1, int(cpus_per_worker))
+
+
+def release_memory() -> None:
+    """After a run in a process that goes on (a reused trial actor): collect the model, optimizer and
+    loaders the run left in reference cycles, and return cached CUDA blocks to the device."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 @contextlib.contextmanager
