@@ -300,7 +300,7 @@ def run_child(name: str, config: str, args, label: str) -> dict:
             data["samples_per_s"] = args.batch / statistics.fmean(iv)
             data["first_step_s"] = data["first_step"] - t0
             data["mfu"], data["tflops"] = mfu(data, args)
-    shown = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    shown = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "first_step"}
     print(f"  {label}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()), flush=True)
     return data
 
@@ -368,7 +368,8 @@ def main() -> None:
 
 def report(args, device: str, res: dict) -> None:
     lines = [f"## GPU: launcher vs Lightning, MFU, 8-trial ASHA search ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
-             "", f"`bash benchmarks/gpu.sh` on {device}: BERT-base ({'from config, random weights' if args.from_config else 'bert-base-uncased'}), "
+             "", f"`bash benchmarks/gpu.sh{' (--cpu-dry-run: a tiny BERT, checks only)' if args.cpu_dry_run else ''}` on {device}: "
+                 f"BERT-base ({'from config, random weights' if args.from_config else 'bert-base-uncased'}), "
                  f"batch {args.batch}, max_length {args.max_length}.", "",
              "| variant | step (ms, median) | samples/s | TFLOP/s | MFU | start → 1st step (s) | whole process (s) | peak GPU (MiB) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -393,7 +394,7 @@ def report(args, device: str, res: dict) -> None:
         growth = f"{mem['reused_growth_max']:+.1%}" if mem["reused_growth_max"] is not None else "no process ran two trials"
         counts = ", ".join(f"{k} {s['statuses'].count(k)}" for k in sorted(set(map(str, s["statuses"]))))
         lines += ["", f"search: {s['trials']} trials ({counts}), "
-                      f"4 at once on 0.25 GPU each: {s['wall_s']:.1f} s = **{ratio:.2f}×** one `launcher train` of the trial config "
+                      f"{2 if args.cpu_dry_run else 4} at once on {'0.5 CPU' if args.cpu_dry_run else '0.25 GPU'} each: {s['wall_s']:.1f} s = **{ratio:.2f}×** one `launcher train` of the trial config "
                       f"({one['wall_s']:.1f} s); target ≤ 2.5×.",
                   f"trial memory: {mem['trials_recorded']} trials in {mem['processes']} processes (at most {mem['max_trials_per_process']} "
                   f"in one); peak per trial {mem['peak_mib_max']:.0f} MiB; growth from a process's first trial to its last {growth} "
