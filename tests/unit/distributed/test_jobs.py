@@ -36,7 +36,7 @@ def test_cluster_checks_refuse_what_would_fail():
     with pytest.raises(ConfigError, match="ray.accelerator: tpu"):
         jobs.check_cluster(_cfg(accelerator="tpu"), fixed, [])
     with pytest.raises(ConfigError, match="ray.num_workers"):
-        jobs.check_cluster(_cfg(num_workers=4), fixed, [])
+        jobs.check_cluster(_cfg(num_workers=4, cpus_per_worker=1), fixed, [])  # auto would give each 0.5
 
     # An autoscaler may add the GPU nodes: a note, not an error.
     scaling = jobs.ClusterInfo(nodes=1, resources={"CPU": 4.0}, autoscaling=True)
