@@ -3,7 +3,7 @@ own flags → a typed Config and the flag values.
 
 jsonargparse builds the parser (and `--help`) from the dataclasses in launcher.config.schema and
 instantiates the Config. Before it runs, every key and value is checked against the schema here
-(`schema.field_type` / `schema.coerce`, the same check searched values get), so mistakes are
+(`values.field_type` / `values.coerce`, the same check searched values get), so mistakes are
 reported as one line that names the key and the fix, from structured checks rather than from the
 wording of jsonargparse's messages. A jsonargparse error left after those checks is shown as its
 first line.
@@ -21,7 +21,8 @@ import yaml
 
 from launcher import console, model_files
 from launcher.config import secrets
-from launcher.config.schema import BadValue, Config, all_keys, coerce, field_type, to_dict
+from launcher.config.schema import Config
+from launcher.config.values import BadValue, all_keys, coerce, field_type, to_dict
 from launcher.config.secrets import redact
 from launcher.errors import ConfigError
 

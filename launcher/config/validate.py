@@ -7,7 +7,8 @@ The task name is checked by its registry (launcher.tasks.check_name), which sits
 from __future__ import annotations
 
 from launcher.config import secrets
-from launcher.config.schema import Config, to_dict
+from launcher.config.schema import Config
+from launcher.config.values import to_dict
 from launcher.errors import ConfigError
 
 def validate(cfg: Config) -> None:

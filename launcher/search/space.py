@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from launcher.config import Config, all_keys, default_mode, require, validate
-from launcher.config.schema import BadValue, set_value
+from launcher.config.values import BadValue, set_value
 from launcher.console import value as fmt_value
 from launcher.errors import ConfigError
 
@@ -220,7 +220,7 @@ def _check_args(where: str, kind: str, args) -> list:
 
 
 def apply_params(cfg: Config, params: dict) -> Config:
-    """A copy of `cfg` with dotted keys set, each value checked against its field's type (schema.coerce)."""
+    """A copy of `cfg` with dotted keys set, each value checked against its field's type (config.values.coerce)."""
     out = copy.deepcopy(cfg)
     for key, value in params.items():
         where = f"tune.search_space.{key}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from launcher.config import schema
+from launcher.config import values as schema_values
 from launcher.config import reference
 from tests.helpers.paths import REPO
 
@@ -15,7 +15,7 @@ def test_readme_config_reference_is_current():
     text = open(os.path.join(ROOT, "README.md")).read()
     section = text.split(reference.BEGIN)[1].split(reference.END)[0]
     assert section.strip() == reference.reference().strip(), "run: python -m launcher.docs --write README.md"
-    for key in schema.all_keys():
+    for key in schema_values.all_keys():
         if "." in key or key in ("task", "output_dir", "task_options"):
             assert f"`{key}`" in section or f"`{key}:`" in section, key
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from launcher.config import schema
+from launcher.config import values as schema_values
 from launcher.__main__ import main
 
 from tests.helpers.cli import run_cli
@@ -24,7 +24,7 @@ def test_help_lists_every_key_with_doc_and_default(capsys):
         main(["train", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for key in schema.all_keys():
+    for key in schema_values.all_keys():
         field_is_section = "." not in key and key not in ("task", "output_dir", "task_options")
         if not field_is_section:
             assert f"--{key}" in out, key

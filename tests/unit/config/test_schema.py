@@ -21,7 +21,7 @@ def test_all_sections_are_dataclasses_with_docs():
 
 def test_cpus_per_worker_takes_a_number_or_auto():
     from launcher.config.parsing import bad_value
-    from launcher.config.schema import BadValue, coerce, field_type
+    from launcher.config.values import BadValue, coerce, field_type
 
     tp = field_type("ray.cpus_per_worker")
     assert coerce(tp, "auto") == "auto" and coerce(tp, "0.5") == 0.5 and coerce(tp, 2) == 2.0
