@@ -91,6 +91,7 @@ def worker_loop(loop_config: dict) -> None:
     cfg = from_dict(lc["cfg"])
     loop_lib.setup_process(cfg)
     module, rank, world = lc["module"], session.rank, session.world
+    module.prepare_data = lambda: None  # ran on the driver (RayTrainer.fit)
     run_log = run_log_client(lc["run_log"])
     unused = bool(getattr(module, "ddp_find_unused_parameters", True))
     if lc["stage"] == "test":
@@ -167,6 +168,9 @@ class RayTrainer:
         model = model if model is not None else self.model
         self.model = model
         self._start(model)
+        # Once, here, before the workers start (Lightning would run it on each node's first worker):
+        # the cached-features files it writes are read by every worker from --data_dir.
+        model.prepare_data()
         outcome = self._launch(model, "fit", self.name)
         self.outcome = outcome
         info = (outcome.records.get("lightning_base") or [{}])[-1]
