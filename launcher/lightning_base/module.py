@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 import transformers
 
+from launcher import compat
 from launcher import optim as optim_lib
 from launcher.config.schema import OptimConfig, SchedulerConfig
 from launcher.data.sampling import batches_per_rank
@@ -148,7 +149,7 @@ class BaseTransformer(pl.LightningModule):
         sampler pads the last ones), in ceil(that / batch size) batches (floor with drop_last), and
         steps after every `accumulate_grad_batches` batches and after the epoch's last one.
         """
-        trainer = self._trainer
+        trainer = compat.attached_trainer(self)
         world = trainer.world_size if trainer is not None else int(self.hparams.get("ray_num_workers") or 1)
         loader = self.train_loader
         batch_size = getattr(loader, "batch_size", None) or self.hparams.train_batch_size
