@@ -30,6 +30,7 @@ from launcher.distributed import cluster
 from launcher.files import write_json, write_kv
 from launcher.lightning_base.args import to_config
 from launcher.training import loop as loop_lib
+from launcher.training.callbacks import ReportCallback
 from launcher.training.fit import launch
 from launcher.training.scoring import CHECKPOINT_NAME
 from launcher.training.session import TrainSession, run_log_client
@@ -100,16 +101,20 @@ def worker_loop(loop_config: dict) -> None:
         if rank == 0:
             run_log.record("test", plain_metrics(trainer.callback_metrics))
         return
-    with loop_lib.resume_point(session) as (ckpt_path, resumed_step):
-        if rank == 0:
-            run_log.record("start", {"time": time.time(), "resumed_step": resumed_step})
-        module.train_loader = None
-        module.setup("fit")
-        module.train_loader = shard(module.train_dataloader(), rank, world, cfg.train.seed)
-        loaders = {"train": module.train_loader, "validation": shard(module.val_dataloader(), rank, world, cfg.train.seed)}
-        fitted = loop_lib.fit_module(cfg, session, run_log, module, loaders, ckpt_path, resumed_step, lc["monitor"], lc["mode"],
-                                     extra_callbacks=lc["callbacks"], find_unused_parameters=unused, logger=lc["logger"],
-                                     **lc["trainer_kwargs"])
+    report = ReportCallback(lc["monitor"], lc["mode"], cfg.checkpoint.every_n_steps, session, run_log)
+    try:
+        with loop_lib.resume_point(session) as (ckpt_path, resumed_step):
+            if rank == 0:
+                run_log.record("start", {"time": time.time(), "resumed_step": resumed_step})
+            module.train_loader = None
+            module.setup("fit")
+            module.train_loader = shard(module.train_dataloader(), rank, world, cfg.train.seed)
+            loaders = {"train": module.train_loader, "validation": shard(module.val_dataloader(), rank, world, cfg.train.seed)}
+            fitted = loop_lib.fit_module(cfg, session, run_log, module, loaders, ckpt_path, resumed_step, lc["monitor"], lc["mode"],
+                                         extra_callbacks=lc["callbacks"], find_unused_parameters=unused, logger=lc["logger"],
+                                         report=report, **lc["trainer_kwargs"])
+    finally:
+        shutil.rmtree(report.tmp, ignore_errors=True)  # the best-weights copy (the driver reads Ray's checkpoints)
     if fitted is not None and rank == 0:
         trainer, _ = fitted
         run_log.record("lightning_base", {"callback_metrics": plain_metrics(trainer.callback_metrics),
