@@ -41,9 +41,9 @@ class NERTransformer(BaseTransformer):
         if isinstance(hparams, dict):
             hparams = argparse.Namespace(**hparams)
         tags = sorted({t for _, ts in read_conll(os.path.join(hparams.data_dir, FILES["train"])) for t in ts})
+        super().__init__(hparams, num_labels=len(tags), mode=self.mode)
         self.labels = tags
         self.pad_token_label_id = -100
-        super().__init__(hparams, num_labels=len(tags), mode=self.mode)
 
     def forward(self, **inputs):
         return self.model(**inputs)
