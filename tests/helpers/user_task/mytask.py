@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from launcher.data.files import check_no_empty, require_columns
+from launcher.data.files import Need
 from launcher.errors import ConfigError
 from launcher.tasks import Task, TaskModule
 
@@ -42,13 +42,14 @@ class MyTask(Task):
     def model_kwargs(self, meta: dict) -> dict:
         return {"num_labels": 2}
 
-    def check_split(self, split, path, ds) -> None:
+    def needs(self, split: str) -> list[Need]:
+        """The columns read from each split's file ("predict": the `launcher predict` input), checked by
+        Task.check_split: a missing column or an empty cell is one error naming the key, file and row."""
         d = self.cfg.data
-        need = {"data.text_column": d.text_column}
+        columns = [Need("data.text_column", d.text_column, filled=True)]
         if split != "predict":
-            need["data.label_column"] = d.label_column
-        require_columns(f"data.{split}_file" if split != "predict" else "--input", path, ds, need)
-        check_no_empty(path, ds, d.text_column, "data.text_column")
+            columns.append(Need("data.label_column", d.label_column, filled=True))
+        return columns
 
     def prepare(self, splits, tokenizer, meta=None):
         d, positive = self.cfg.data, self.options.positive
