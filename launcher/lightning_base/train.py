@@ -184,7 +184,7 @@ class RayTrainer:
         best_dir = os.path.join(self.cfg.output_dir, BEST_DIR)
         if checkpoint is not None:
             self.best_checkpoint = checkpoint
-            self._load(model, checkpoint)
+            self.load_checkpoint(model, checkpoint)
             save_atomically(model, best_dir)
             if not checkpoint.path.startswith(("s3:", "gs:")) and "://" not in checkpoint.path:
                 self.best_model_path = os.path.join(checkpoint.path, CHECKPOINT_NAME)
@@ -199,7 +199,9 @@ class RayTrainer:
         if not os.path.exists(val) and self.callback_metrics:  # rank 0 ran on another node
             write_kv(val, self.callback_metrics)
 
-    def _load(self, model, checkpoint) -> None:
+    @staticmethod
+    def load_checkpoint(model, checkpoint) -> None:
+        """The weights of a Ray checkpoint of this run (a Lightning checkpoint inside) into `model`."""
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_NAME), map_location="cpu", weights_only=False)
         model.load_state_dict(state["state_dict"])
@@ -209,7 +211,7 @@ class RayTrainer:
         writes test_results.txt and adds "test" to results.json. Returns [metrics] like Lightning."""
         model = model if model is not None else self.model
         if self.best_checkpoint is not None:
-            self._load(model, self.best_checkpoint)
+            self.load_checkpoint(model, self.best_checkpoint)
         self._start(model)
         out = os.path.join(self.cfg.output_dir, "test_results.txt")
         if os.path.exists(out):

@@ -18,6 +18,7 @@ import time
 from typing import Optional
 
 from ray import tune
+from ray.train import Result as TrainResult
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -27,10 +28,11 @@ from launcher.distributed import cluster
 from launcher.errors import ConfigError
 from launcher.files import write_json
 from launcher.lightning_base.args import to_config
-from launcher.lightning_base.train import BEST_DIR, LoggingCallback, RayTrainer
+from launcher.lightning_base.train import BEST_DIR, LoggingCallback, RayTrainer, save_atomically
 from launcher.search.report import write_csv
 from launcher.search.space import SAMPLERS, Dimension, _check_args
 from launcher.search.trials import select_best
+from launcher.training.scoring import finite, is_better
 from launcher.search.tuner import build_search_alg, trial_name
 
 #: searched when no search_space is given (the original scripts' three main knobs)
@@ -104,38 +106,73 @@ def generic_tune(model_cls, args: argparse.Namespace, search_space: Optional[dic
         run_config=tune.RunConfig(name="tune", storage_path=os.path.join(out, "ray"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     ).fit()
-    return finish(grid, dims, metric, mode, out, time.time() - start)
+    return finish(grid, dims, metric, mode, out, time.time() - start, model_cls, args)
 
 
-def finish(grid, dims: list[Dimension], metric: str, mode: str, out: str, wall_s: float) -> dict:
-    """The best epoch of all trials → <out>/best_tfmr, best.json, trials.csv."""
-    histories, rows = {}, []
+def finish(grid, dims: list[Dimension], metric: str, mode: str, out: str, wall_s: float, model_cls=None, args=None) -> dict:
+    """The best epoch of all trials → <out>/best_tfmr, best.json, trials.csv.
+
+    Every validation report a trial gave Tune counts (a trial that ASHA stopped included), as long as
+    its weights are still there: the trial's own best_tfmr, or a checkpoint its Train run kept.
+    """
+    histories, rows, params = {}, [], {}
     for result in grid:
         trial_id = os.path.basename(result.path.rstrip("/"))  # trial folders are named by trial id
         folder = os.path.join(out, "trials", trial_id)
         path = os.path.join(folder, "results.json")
         results = json.load(open(path)) if os.path.exists(path) else {}
-        # Only the trial's own best epoch was saved (its best_tfmr): that is the one it can offer.
-        epochs = results.get("epochs", [])
-        best_epoch = results.get("best_epoch")
-        histories[trial_id] = [dict(e, best_tfmr=os.path.join(folder, BEST_DIR)) for e in epochs if e.get("epoch") == best_epoch]
-        config = result.config or {}
-        rows.append({"trial_id": trial_id, "status": "failed" if result.error else "finished",
-                     "error": str(result.error).splitlines()[0][:300] if result.error else None,
-                     **{d.key: config.get(d.key) for d in dims},
-                     f"best_{metric}": results.get("best_value"), "best_epoch": best_epoch,
-                     f"last_{metric}": epochs[-1].get(metric) if epochs else None, "epochs_run": len(epochs)})
+        df = result.metrics_dataframe
+        reports = [r for r in (df.to_dict("records") if df is not None else []) if r.get("kind") == "val"]
+        histories[trial_id] = [dict(r, trial_best=r.get("epoch") == results.get("best_epoch") and os.path.isdir(os.path.join(folder, BEST_DIR)))
+                               for r in reports]
+        params[trial_id] = {d.key: (result.config or {}).get(d.key) for d in dims}
+        best_row = max((r for r in reports if finite(r.get(metric))), key=lambda r: r[metric] if mode == "max" else -r[metric], default=None)
+        rows.append({"trial_id": trial_id, "status": "failed" if result.error else ("finished" if results else "stopped early"),
+                     "error": str(result.error).splitlines()[0][:300] if result.error else None, **params[trial_id],
+                     f"best_{metric}": best_row[metric] if best_row else None, "best_epoch": best_row["epoch"] if best_row else None,
+                     f"last_{metric}": reports[-1].get(metric) if reports else None, "epochs_run": len(reports)})
     write_csv(os.path.join(out, "trials.csv"), rows)
-    pick = select_best(histories, metric, mode, usable=lambda r: os.path.isdir(r["best_tfmr"]))
+    kept = {}
+
+    def usable(trial_id: str, row: dict) -> bool:
+        if row["trial_best"]:
+            return True
+        kept[(trial_id, row["epoch"])] = epoch_checkpoint(out, trial_id, row["epoch"])
+        return kept[(trial_id, row["epoch"])] is not None and model_cls is not None
+
+    pick = None
+    for trial_id, history in histories.items():  # select_best's rule, with each trial's own `usable`
+        found = select_best({trial_id: history}, metric, mode, usable=lambda r, t=trial_id: usable(t, r))
+        if found is not None and (pick is None or is_better(found[1][metric], pick[1][metric], mode)):
+            pick = found
     if pick is None:
         raise RuntimeError(f"no trial reported a finite {metric}: see {os.path.join(out, 'trials.csv')}")
     trial_id, row = pick
     target = os.path.join(out, BEST_DIR)
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    shutil.copytree(row["best_tfmr"], target)
-    config = next(r for r in rows if r["trial_id"] == trial_id)
+    if row["trial_best"]:
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        shutil.copytree(os.path.join(out, "trials", trial_id, BEST_DIR), target)
+    else:  # an epoch that was not its trial's exported best (e.g. the trial was stopped): from its checkpoint
+        trial_args = copy.deepcopy(args)
+        for k, v in params[trial_id].items():
+            setattr(trial_args, k, v)
+        model = model_cls(trial_args)
+        RayTrainer.load_checkpoint(model, kept[(trial_id, row["epoch"])])
+        save_atomically(model, target)
     best = {"trial_id": trial_id, "metric": metric, "mode": mode, "value": row[metric], "epoch": row["epoch"],
-            "params": {d.key: config.get(d.key) for d in dims}, "best_tfmr": target, "trials": len(rows), "wall_s": round(wall_s, 1)}
+            "params": params[trial_id], "best_tfmr": target, "trials": len(rows), "wall_s": round(wall_s, 1)}
     write_json(os.path.join(out, "best.json"), best)
     return best
+
+
+def epoch_checkpoint(out: str, trial_id: str, epoch):
+    """The checkpoint of `epoch` that the trial's Train run kept, or None."""
+    run = os.path.join(out, "ray", trial_id)
+    if not os.path.isdir(run):
+        return None
+    try:
+        result = TrainResult.from_path(run)
+    except Exception:  # noqa: BLE001 - a run stopped before its first checkpoint has no readable result
+        return None
+    return next((c for c, m in (result.best_checkpoints or []) if m.get("kind") == "val" and m.get("epoch") == epoch), None)
