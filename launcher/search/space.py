@@ -251,11 +251,11 @@ def _bad_sample(where: str, e: BadValue) -> ConfigError:
 
 def resolve_metric(cfg: Config) -> tuple[str, str]:
     """tune.metric / tune.mode, defaulting to checkpoint.monitor and the task's main metric."""
-    from launcher.tasks import TASKS, get_task  # lazy: only when neither metric is set (imports the task)
+    from launcher.tasks import TASKS, get_task, is_user_task  # lazy: only when neither metric is set (imports the task)
 
     metric = cfg.tune.metric or cfg.checkpoint.monitor
     if not metric:
-        metric = get_task(cfg.task).default_monitor if cfg.task in TASKS else "val_loss"
+        metric = get_task(cfg.task).default_monitor if cfg.task in TASKS or is_user_task(cfg.task) else "val_loss"
     return metric, cfg.tune.mode or cfg.checkpoint.mode or default_mode(metric)
 
 

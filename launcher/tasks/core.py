@@ -55,7 +55,7 @@ class Task:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.options = parse_options(self.Options, cfg.task_options or {}, self.name)
+        self.options = parse_options(self.Options, cfg.task_options or {}, self.name or cfg.task)
 
     # ------------------------------------------------------------------ model and tokenizer
     @property

@@ -59,3 +59,12 @@ def test_fault_table_names_tests_that_exist():
             source = open(os.path.join(ROOT, path)).read()
             if name:
                 assert f"def {name}(" in source, (path, name)
+
+
+def test_every_lightning_base_example_starts_with_its_command():
+    folder = os.path.join(ROOT, "examples", "lightning_base")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+    assert len(names) >= 3
+    for name in names:
+        first = open(os.path.join(folder, name)).readline()
+        assert first.startswith(f"# python examples/lightning_base/{name} "), (name, first)

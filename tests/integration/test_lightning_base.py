@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 
 import pytest
@@ -129,3 +130,44 @@ def test_two_workers_with_accumulation_equal_one_worker_with_double_batches(ray_
         assert torch.allclose(p, final[1][name], atol=1e-5), name
         moved += not torch.equal(p, start[name]) if name in start and "classifier" not in name else 0
     assert moved > 0  # training changed the encoder
+
+
+#: the validation score of each epoch, by trial: "peak" is best at its middle epoch, above every other
+CURVES = {"peak": [0.5, 0.9, 0.6], "rising": [0.6, 0.7, 0.85], "low": [0.2, 0.3, 0.4]}
+
+
+class CurveClassifier(TinyClassifier):
+    """Trains like TinyClassifier; its val_score follows CURVES[hparams.curve], epoch by epoch."""
+
+    def validation_step(self, batch, batch_idx):
+        super().validation_step(batch, batch_idx)
+        self.log("val_score", CURVES[self.hparams.curve][self.current_epoch], sync_dist=True)
+
+
+@pytest.mark.slow
+def test_generic_tune_picks_the_mid_run_peak_of_all_trials(ray_session, tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from launcher.lightning_base import generic_tune
+
+    out = str(tmp_path / "search")
+    parser = argparse.ArgumentParser()
+    add_generic_args(parser, os.getcwd())
+    CurveClassifier.add_model_specific_args(parser, os.getcwd())
+    parser.add_argument("--curve", default="low")
+    args = parser.parse_args(common_args(tiny_bert, data_dir(tmp_path, 16), out) + [
+        "--train_batch_size", "8", "--num_train_epochs", "3", "--monitor", "val_score", "--monitor_mode", "max",
+        "--ray_cpus_per_worker", "0.5"])
+    best = generic_tune(CurveClassifier, args, search_space={"curve": {"grid": ["peak", "rising", "low"]}}, num_samples=1,
+                        scheduler="fifo", search_alg="grid", max_concurrent_trials=1)
+
+    assert best["params"] == {"curve": "peak"} and best["epoch"] == 2.0 and best["value"] == pytest.approx(0.9)
+    assert best["trials"] == 3
+    with open(os.path.join(out, "best.json")) as f:
+        assert json.load(f)["trial_id"] == best["trial_id"]
+    rows = list(csv.DictReader(open(os.path.join(out, "trials.csv"))))
+    assert sorted(r["curve"] for r in rows) == ["low", "peak", "rising"] and all(r["status"] == "finished" for r in rows)
+    # best_tfmr is the peak trial's epoch-2 weights: the same files as that trial's own best_tfmr
+    trial_best = os.path.join(out, "trials", best["trial_id"], "best_tfmr")
+    assert open(os.path.join(out, "best_tfmr", "model.safetensors"), "rb").read() == open(os.path.join(trial_best, "model.safetensors"), "rb").read()
+    AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "best_tfmr"))
