@@ -24,7 +24,7 @@ from typing import Callable, Optional
 from launcher.config.schema import Config, DataConfig
 from launcher.data import precheck as data_precheck
 from launcher.data.counting import is_conll
-from launcher.data.files import SPLIT_KEYS, Need
+from launcher.data.files import SPLIT_KEYS, Need, check_exists
 from launcher.errors import ConfigError
 from launcher.model_files import check_model_path, check_tokenizer_folder, tokenizer_source
 from launcher.tasks import TASKS, _peft
@@ -344,8 +344,11 @@ def check_data(cfg: Config) -> None:
     fmt = None if fmt is not None and str(fmt).lower() == "auto" else fmt
     looks = {}
     for split, path in given.items():
-        if options is False or (cfg.task == "token-classification" and is_conll(path, fmt)):
-            data_precheck.check_file(SPLIT_KEYS[split], path, [])  # the task's own reader: columns are its business
+        if cfg.task not in COLUMNS or (cfg.task == "token-classification" and is_conll(path, fmt)):
+            check_exists(SPLIT_KEYS[split], path)  # the task's own reader (a user's task, CoNLL): the rest is its business
+            continue
+        if options is False:
+            data_precheck.check_file(SPLIT_KEYS[split], path, [])
             continue
         declared = COLUMNS[cfg.task]
         look = data_precheck.check_file(SPLIT_KEYS[split], path, needs(cfg.task, cfg, options, split), _rows_used(cfg, split),

@@ -132,3 +132,12 @@ def test_label_values_plain_strings_only(tmp_path):
     # numbers: pandas types them (1 and 1.0 may be one class or not): left to the task
     ints = write_csv(str(tmp_path / "ints.csv"), [{"text": "a", "label": "1"}, {"text": "b", "label": "1"}])
     precheck.check(_cfg(tmp_path, model, train_file=ints, validation_file=two))
+
+
+def test_task_readers_of_their_own_are_left_alone(tmp_path):
+    model = _model(tmp_path, config={"model_type": "bert"})
+    conll = tmp_path / "train.conll"
+    conll.write_text("alice B-PER\nlives O\n\nbob B-PER\n")
+    precheck.check(_cfg(tmp_path, model, task="token-classification", train_file=str(conll)))
+    precheck.check(_cfg(tmp_path, model, task="my_pkg.tasks:MyTask", train_file=str(conll)))
+    assert "file not found" in _raises(precheck.check, _cfg(tmp_path, model, task="token-classification", train_file="nope.conll"))
