@@ -51,6 +51,8 @@ def main() -> None:
         print(f"{'case':34} {'wall s':>7} {'cpu s':>6}  load  error")
         for cid in ids:
             case = next(c for c in CASES if c.id == cid)
+            if not case.root_ok and os.geteuid() == 0:
+                continue  # root reads any file: no error to time
             runs = [time_case(case, model) for _ in range(args.runs)]
             wall = statistics.median(r[0] for r in runs)
             cpu = statistics.median(r[1] for r in runs)

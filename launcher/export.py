@@ -176,4 +176,15 @@ def results_dict(cfg: Config, outcome, best_metrics: dict, best_dir: Optional[st
         "train_wall_time_s": round(outcome.wall_s, 2),
         "train_samples_per_s": round(outcome.train_samples / outcome.wall_s, 2) if outcome.wall_s else None,
         "ray_storage": os.path.join(outcome.storage, outcome.name),
+        "final_validation": final_validation(outcome.history),
     }
+
+
+def final_validation(history: list[dict]) -> Optional[dict]:
+    """When train.max_steps ended training mid-epoch: the validation run at that step (the workers'
+    ReportCallback asks Lightning for it), so the run still has a best checkpoint and best/."""
+    last = history[-1] if history else {}
+    if not last.get("stopped_by"):
+        return None
+    return {"step": last.get("step"), "epoch": last.get("epoch"), "mid_epoch": True,
+            "note": f"{last['stopped_by']} ended training mid-epoch: validated at step {last.get('step')}"}

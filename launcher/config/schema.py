@@ -148,7 +148,7 @@ class TrainConfig:
     max_epochs: int = 3
     """Number of passes over the training data."""
     max_steps: int = -1
-    """Stop after this many optimizer steps (-1: run `max_epochs`)."""
+    """Stop after this many optimizer steps (-1: run `max_epochs`); a stop mid-epoch validates at that step (results.json: final_validation)."""
     batch_size: int = 16
     """Examples per batch per Ray worker (global batch = batch_size x workers x accumulation)."""
     eval_batch_size: Optional[int] = None

@@ -49,6 +49,7 @@ from torch import nn
 from launcher.errors import ConfigError, first_line
 from launcher.resolve import import_object
 from launcher.tasks.core import Task, TaskModule, load_model, update_all
+from launcher.tasks.precheck import unseen_labels
 
 HEAD_WEIGHTS = "head.pt"
 
@@ -237,8 +238,7 @@ class BaseTask(Task):
                 if split in splits and d.label_column in splits[split].column_names:
                     unseen = sorted({str(v) for v in splits[split][d.label_column]} - set(to_id))
                     if unseen:
-                        raise ConfigError(f"data.{split}_file", f"labels not seen in training: {', '.join(unseen[:5])}",
-                                          "add examples of them to the training data or drop those rows")
+                        raise unseen_labels(split, unseen)
         meta = {"label_names": names, "has_labels": has_labels}
         # Fail on bad head_args here, before Ray starts.
         self.make_head(self.model_config(), meta)

@@ -44,7 +44,7 @@ from torch import nn
 from launcher.data.files import file_of
 from launcher.errors import ConfigError
 from launcher.tasks.core import PadCollator, Task, TaskModule
-from launcher.tasks.precheck import QuestionAnsweringColumns
+from launcher.tasks.precheck import QuestionAnsweringColumns, check_answers
 
 #: eval-feature columns that are not model inputs
 SIDE_COLUMNS = ("example_id", "offset_mapping")
@@ -52,15 +52,13 @@ SIDE_COLUMNS = ("example_id", "offset_mapping")
 
 @dataclass
 class Options(QuestionAnsweringColumns):
-    # question_column, context_column, answers_column: launcher.tasks.precheck
+    # question_column, context_column, answers_column, version_2_with_negative: launcher.tasks.precheck
     doc_stride: int = 64
     """Tokens of overlap between consecutive windows of a long context."""
     max_answer_length: int = 30
     """Longest answer span considered, in tokens."""
     n_best_size: int = 20
     """Start and end positions (top logits) combined into candidate spans per window."""
-    version_2_with_negative: bool = False
-    """SQuAD v2: some questions have no answer in the context (empty answer lists)."""
     null_score_diff_threshold: float = 0.0
     """SQuAD v2: answer "" when the null score exceeds the best span's score by more than this."""
 
@@ -319,23 +317,7 @@ class QuestionAnswering(Task):
         super().check_split(split, path, ds)  # the columns (launcher.tasks.precheck)
         if split == "predict":
             return
-        example = '{"text": ["Paris"], "answer_start": [17]}'
-        for i, (context, ans) in enumerate(zip(ds[o.context_column], ds[o.answers_column])):
-            where = f"{path} row {i + 1}"
-            if not isinstance(ans, dict) or not isinstance(ans.get("text"), list) or not isinstance(ans.get("answer_start"), list):
-                raise ConfigError(key, f"{where}: {o.answers_column!r} must be {example}",
-                                  "use JSON/JSONL rows with SQuAD-style answers")
-            texts, starts = ans["text"], ans["answer_start"]
-            if len(texts) != len(starts):
-                raise ConfigError(key, f"{where}: {len(texts)} answer texts but {len(starts)} answer_start values", "give one start per answer")
-            if not texts and not o.version_2_with_negative:
-                raise ConfigError(key, f"{where}: no answer", "give an answer, or set task_options.version_2_with_negative true for unanswerable questions")
-            for text, start in zip(texts, starts):
-                if not isinstance(start, int) or not isinstance(text, str) or not text or context[start : start + len(text)] != text:
-                    found = context.find(text) if isinstance(text, str) and text else -1
-                    hint = f"it occurs at {found}" if found >= 0 else "the text is not in the context"
-                    raise ConfigError(key, f"{where}: answer {text!r} is not at answer_start {start} of the context ({hint})",
-                                      "answer_start is the character offset of the answer in the context")
+        check_answers(key, path, o, ds[o.context_column], ds[o.answers_column])
 
     def prepare(self, splits, tokenizer, meta=None):
         o, d = self.options, self.cfg.data

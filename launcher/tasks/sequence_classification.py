@@ -14,12 +14,12 @@ from torch import nn
 
 from launcher.errors import ConfigError
 from launcher.tasks.core import Task, TaskModule, update_all
+from launcher.tasks.precheck import SequenceClassificationColumns, one_label, unseen_labels
 
 
 @dataclass
-class Options:
-    regression: Optional[bool] = None
-    """Force regression (true) or classification (false); default: regression when labels are floats."""
+class Options(SequenceClassificationColumns):
+    pass  # regression: launcher.tasks.precheck
 
 
 class SequenceClassificationModule(TaskModule):
@@ -60,7 +60,7 @@ class SequenceClassification(Task):
             return {"regression": True, "num_labels": 1, "id2label": {0: "score"}, "label2id": {"score": 0}}
         labels = sorted({v for v in values}, key=lambda v: (isinstance(v, str), v))
         if len(labels) < 2:
-            raise ConfigError("data.label_column", f"only one label ({labels[0]!r}) in the training data", "classification needs at least 2 classes")
+            raise one_label(labels[0])
         names = [str(v) for v in labels]
         if all(isinstance(v, int) for v in labels) and labels == list(range(len(labels))):
             mapping = {v: v for v in labels}
@@ -78,8 +78,7 @@ class SequenceClassification(Task):
                 if split in splits:
                     unseen = sorted({str(v) for v in splits[split][d.label_column]} - set(raw_to_id))
                     if unseen:
-                        raise ConfigError(f"data.{split}_file", f"labels not seen in training: {', '.join(unseen[:5])}",
-                                          "add examples of them to the training data or drop those rows")
+                        raise unseen_labels(split, unseen)
 
         def encode(batch):
             args = (batch[d.text_column],) if not d.text_pair_column else (batch[d.text_column], batch[d.text_pair_column])

@@ -17,7 +17,6 @@ spans strictly, IOB1 uses conlleval's lenient chunking) and word-level accuracy.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,23 +28,20 @@ from launcher.data import files as data_lib
 from launcher.errors import ConfigError
 from launcher.data.counting import is_conll
 from launcher.tasks.core import PadCollator, Task, TaskModule
-from launcher.tasks.precheck import TokenClassificationColumns
+from launcher.tasks.precheck import TokenClassificationColumns, check_words_and_tags, tag_strings, unseen_tags
 
 SCHEMES = ("IOB2", "IOB1")
-_IOB_TAG = re.compile(r"^(O|[BI]-.+)$")
 # Byte-level BPE tokenizers: they need add_prefix_space=True to tokenise pre-split words.
 BYTE_LEVEL_BPE = ("RobertaTokenizer", "GPT2Tokenizer", "BloomTokenizer", "LongformerTokenizer", "BartTokenizer", "DebertaTokenizer")
 
 
 @dataclass
 class Options(TokenClassificationColumns):
-    # words_column, tags_column: launcher.tasks.precheck
+    # words_column, tags_column, label_names: launcher.tasks.precheck
     scheme: str = "IOB2"
     """Tagging scheme for entity metrics: IOB2 (strict spans, B- starts every entity) or IOB1 (conlleval rules)."""
     format: Optional[str] = None
     """`conll` reads every file as CoNLL text; default: CoNLL for .conll/.txt/.bio/.iob files."""
-    label_names: Optional[list] = None
-    """Tag names for integer tags (index → name), when the data stores tags as ints without names."""
 
 
 # ---------------------------------------------------------------------- CoNLL files
@@ -214,25 +210,8 @@ class TokenClassification(Task):
                 return  # plain texts: split on whitespace at prediction time
         super().check_split(split, path, ds)  # the columns (launcher.tasks.precheck)
         tag_names = self.tag_names(ds) if split != "predict" else None
-        words_col = list(ds[o.words_column])
         tags_col = list(ds[o.tags_column]) if split != "predict" else [None] * len(ds)
-        for i, (words, tags) in enumerate(zip(words_col, tags_col)):
-            if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
-                raise ConfigError(key, f"{path} row {i + 1}: {o.words_column!r} must be a non-empty list of words",
-                                  'e.g. {"tokens": ["Alice", "lives", "in", "Paris"], "ner_tags": ["B-PER", "O", "O", "B-LOC"]}')
-            if tags is None:
-                continue
-            if not isinstance(tags, list) or len(tags) != len(words):
-                n = len(tags) if isinstance(tags, list) else "no list of"
-                raise ConfigError(key, f"{path} row {i + 1}: {len(words)} words but {n} tags", "give exactly one tag per word")
-            for t in tags:
-                name = tag_names[t] if tag_names is not None and isinstance(t, int) and 0 <= t < len(tag_names) else t
-                if not isinstance(name, str):
-                    raise ConfigError("task_options.label_names", f"{path} row {i + 1}: integer tag {t!r} has no name",
-                                      "store tags as strings, or list their names in task_options.label_names")
-                if not _IOB_TAG.match(name):
-                    raise ConfigError(key, f"{path} row {i + 1}: tag {name!r} is not an IOB tag",
-                                      "use O, B-TYPE and I-TYPE tags (task_options.scheme: IOB2 or IOB1)")
+        check_words_and_tags(key, path, o, list(ds[o.words_column]), tags_col, tag_names)
 
     def tag_names(self, ds) -> Optional[list[str]]:
         """Names of integer tags: task_options.label_names, else the dataset's ClassLabel feature."""
@@ -243,8 +222,7 @@ class TokenClassification(Task):
         return list(inner.names) if hasattr(inner, "names") else None
 
     def tags_as_strings(self, ds) -> list[list[str]]:
-        names = self.tag_names(ds)
-        return [[names[t] if names is not None and isinstance(t, int) else str(t) for t in tags] for tags in ds[self.options.tags_column]]
+        return tag_strings(ds[self.options.tags_column], self.tag_names(ds))
 
     def check_tokenizer(self, tokenizer) -> None:
         if not getattr(tokenizer, "is_fast", False):
@@ -276,8 +254,7 @@ class TokenClassification(Task):
             if split in tags:
                 unseen = sorted({t for row in tags[split] for t in row} - set(label2id))
                 if unseen:
-                    raise ConfigError(f"data.{split}_file", f"tags not seen in training: {', '.join(unseen[:5])}",
-                                      "add sentences with them to the training data or fix those tags")
+                    raise unseen_tags(split, unseen)
         meta = {"num_labels": len(label2id), "id2label": {i: n for n, i in label2id.items()}, "label2id": label2id,
                 "scheme": o.scheme}
 

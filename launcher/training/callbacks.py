@@ -48,6 +48,8 @@ class ReportCallback(pl.Callback):
         self.tmp = tempfile.mkdtemp(prefix="launcher-ckpt-")
         self.best_weights = os.path.join(self.tmp, "best_weights.pt")
         self._last_step_reported = -1
+        #: the step at which train.max_steps ended training mid-epoch (validated there), or None
+        self.stopped_at: Optional[int] = None
         # Every validation report so far; checkpoints carry it, so a run resumed by a new driver
         # (`--resume`) still has the epochs reported before the old driver was lost.
         self.history: list[dict] = []
@@ -56,12 +58,13 @@ class ReportCallback(pl.Callback):
     # (and does not report the step it resumed at a second time).
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "last_step_reported": self._last_step_reported,
-                "history": self.history}
+                "history": self.history, "stopped_at": self.stopped_at}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
         self._last_step_reported = state.get("last_step_reported", -1)
         self.history = list(state.get("history", []))
+        self.stopped_at = state.get("stopped_at")
 
     def on_train_start(self, trainer, pl_module) -> None:
         # After a restore: the reports before the checkpoint, for a run log that may not have seen
@@ -73,6 +76,14 @@ class ReportCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_steps
         step = trainer.global_step
+        if stops_mid_epoch(trainer, batch_idx):
+            # Lightning validates only at epoch ends (and every val_check_interval): a run that
+            # train.max_steps ends mid-epoch would have no validation, so no best checkpoint and no
+            # best/. A stop request makes Lightning validate after this batch (as for early stopping);
+            # that validation's report is the checkpoint, so no step report here.
+            trainer.should_stop = True
+            self.stopped_at = step
+            return
         if n and step > 0 and step % n == 0 and step != self._last_step_reported and not validation_follows(trainer, batch_idx):
             self._report(trainer, pl_module, kind="step")
 
@@ -99,6 +110,8 @@ class ReportCallback(pl.Callback):
             if at_least_as_good(value, self.best, self.mode):  # ties: the later epoch (training.scoring)
                 self.best, self.best_epoch = value, metrics["epoch"]
                 torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.best_weights)
+        if kind == "val" and self.stopped_at == trainer.global_step:
+            metrics["stopped_by"] = "train.max_steps"  # results.json: final_validation
         if kind == "step":
             # Step checkpoints are for resuming, never for best selection: NaN ranks them last.
             metrics[self.monitor] = float("nan")
@@ -146,20 +159,32 @@ class ReportCallback(pl.Callback):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def validates(trainer) -> bool:
+    """Whether this run validates at all (a validation loader with batches, a validation_step)."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    return trainer.limit_val_batches != 0 and is_overridden("validation_step", trainer.lightning_module)
+
+
 def validation_follows(trainer, batch_idx: int) -> bool:
     """Whether Lightning validates right after this training batch (epoch end or val_check_interval).
 
     A checkpoint taken before that validation must not exist: resuming from it, Lightning counts the
     validation of this batch as done and skips it. The checkpoint after validation covers the step.
     """
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-
-    if trainer.limit_val_batches == 0 or not is_overridden("validation_step", trainer.lightning_module):
+    if not validates(trainer):
         return False
     if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
         return True
     every = trainer.val_check_batch
     return bool(every) and every != float("inf") and (batch_idx + 1) % int(every) == 0
+
+
+def stops_mid_epoch(trainer, batch_idx: int) -> bool:
+    """Whether train.max_steps ends training at this batch, before the validation an epoch end or
+    val_check_interval would bring."""
+    return (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps and validates(trainer)
+            and not validation_follows(trainer, batch_idx))
 
 
 class NonFiniteGuard(pl.Callback):
@@ -244,4 +269,7 @@ class ProgressLog(pl.Callback):
             return
         vals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         text = " ".join(f"{k} {v:.4f}" for k, v in sorted(vals.items()))
-        say(f"[launcher] validation after epoch {trainer.current_epoch + 1}: {text}")
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        where = (f"at step {trainer.global_step} (train.max_steps, mid-epoch {trainer.current_epoch + 1})"
+                 if trainer.should_stop and done < trainer.num_training_batches else f"after epoch {trainer.current_epoch + 1}")
+        say(f"[launcher] validation {where}: {text}")

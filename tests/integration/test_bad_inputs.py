@@ -266,10 +266,8 @@ def test_bad_input(case: Case, tiny_bert, tmp_path, capsys, monkeypatch):
 
 # Through the real CLI, timed: config, file, data and model errors are all found before torch,
 # transformers or datasets are imported (launcher.tasks.precheck): under 2 s of CPU each.
-# Not yet: checks that need every value of a column (labels, tags per word, answer offsets) run in the task.
-NEEDS_THE_TASK = {"validation-label-unseen", "single-label", "ner-length-mismatch", "ner-validation-tag-unseen", "qa-answer-not-at-start"}
 CLI_SAMPLE = {cid: 2.0 for cid in ["lr-zero", "unknown-key-flag", "gpu-absent", "more-cpus-than-machine", "resume-without-run",
-                                   *DATA_MODEL_CASES] if cid not in NEEDS_THE_TASK}
+                                   *DATA_MODEL_CASES]}
 
 
 @pytest.mark.parametrize("case_id", list(CLI_SAMPLE))

@@ -31,6 +31,7 @@ def test_sequence_classification_two_workers_with_accumulation(ray_session, tiny
     expected = optimizer_steps(240, world=2, batch_size=4, accumulation=2, epochs=3)
     assert results["global_step"] == expected == 45
     assert results["epochs_completed"] == 3 and results["restarts"] == 0
+    assert results["final_validation"] is None  # every epoch ended with its validation
     assert [e["epoch"] for e in results["epochs"]] == [1.0, 2.0, 3.0]
     accs = [e["val_accuracy"] for e in results["epochs"]]
     assert results["best_value"] == max(accs)
@@ -68,6 +69,26 @@ def test_sequence_classification_two_workers_with_accumulation(ray_session, tiny
     assert proc.returncode == 0, proc.stderr
     preds = [json.loads(line) for line in open(tmp_path / "p.jsonl")]
     assert [p["label"] for p in preds] == ["pos", "neg", "pos"]
+
+
+def test_max_steps_mid_epoch_still_validates_and_exports(ray_session, tiny_bert, sentiment_files, tmp_path):
+    # 240 rows, 2 workers x batch 4 x accumulation 2: 15 optimizer steps an epoch; max_steps 4 stops
+    # the run in its first epoch, where Lightning alone would never validate (no best/, "exported model: None").
+    from launcher.commands import train as train_cmd
+
+    out = str(tmp_path / "run")
+    results = train_cmd.run(base_config(tiny_bert, sentiment_files, out, train={"max_steps": 4}))
+
+    assert results["global_step"] == 4
+    assert len(results["epochs"]) == 1 and results["epochs"][0]["step"] == 4
+    epoch = results["epochs"][0]["epoch"]
+    assert 0 < epoch < 1 and results["best_epoch"] == epoch
+    assert results["final_validation"] == {"step": 4, "epoch": epoch, "mid_epoch": True,
+                                           "note": "train.max_steps ended training mid-epoch: validated at step 4"}
+    assert results["best_model"] == os.path.join(out, "best") and os.path.exists(os.path.join(out, "best", "config.json"))
+    assert results["test"]["weights"] == "best"
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["final_validation"]["step"] == 4
 
 
 def _final_weights(out: str) -> dict:
