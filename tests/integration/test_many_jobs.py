@@ -2,7 +2,8 @@
 local head (`launcher submit` and plain `ray job submit`), share its 2 CPUs in fractions and one run
 storage (as `$LAUNCHER_STORAGE` is shared on a cluster head).
 
-All finish, each output_dir holds only its own run, the run names in the shared storage never collide,
+All finish, each output_dir holds only its own run (a sixth job started on the output_dir of another at
+the same moment is refused), the run names in the shared storage never collide,
 `ray job stop` of one job leaves the others and its own checkpoints intact, and the head is healthy
 afterwards. The head is this test's own (`ray start --head --block`, ended by its PID).
 """
@@ -83,7 +84,10 @@ def test_four_trains_and_a_tune_on_one_head(head, project, tmp_path):
         "many-tune": launcher + ["tune.yaml", "--address", head.address, "--installed", "--command", "tune",
                                  "--submission-id", "many-tune", "--"],
     }
-    procs = {j: subprocess.Popen(cmd + ["--output_dir", outs[j], *common], env=env, stdout=subprocess.PIPE,
+    # A sixth job aimed at many-a's output_dir at the same moment: exactly one of the two may run there.
+    commands["many-dup"] = plain + ["many-dup", "--", "python", "-m", "launcher", "train", "cfg.yaml"]
+    dirs = {**outs, "many-dup": outs["many-a"]}
+    procs = {j: subprocess.Popen(cmd + ["--output_dir", dirs[j], *common], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for j, cmd in commands.items()}
     for j, p in procs.items():
         out, _ = p.communicate(timeout=300)
@@ -96,7 +100,12 @@ def test_four_trains_and_a_tune_on_one_head(head, project, tmp_path):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     states = _wait_terminal(head, list(commands), timeout=1200)
     logs = {j: _ray_job(head, "logs", j).stdout[-2500:] for j, s in states.items() if s != "SUCCEEDED"}
-    assert states == {**{j: "SUCCEEDED" for j in commands}, "many-d": "STOPPED"}, (states, logs)
+    # The pair on one output_dir: one ran, the other was refused before touching it (whichever came second).
+    pair = sorted([states.pop("many-a"), states.pop("many-dup")])
+    assert pair == ["FAILED", "SUCCEEDED"], (pair, logs)
+    loser = "many-a" if "many-a" in logs else "many-dup"
+    assert any(why in logs[loser] for why in ("is in use by another run right now", "is not empty")), logs[loser]
+    assert states == {**{j: "SUCCEEDED" for j in states}, "many-d": "STOPPED"}, (states, logs)
 
     # Each output_dir holds its own run, and only that (the Ray state lives in the shared storage).
     for j in ("many-a", "many-b", "many-c"):
