@@ -73,16 +73,20 @@ def test_four_trains_and_a_tune_on_one_head(head, project, tmp_path):
     with open("tune.yaml", "w") as f:
         yaml.safe_dump({**yaml.safe_load(open("cfg.yaml")), "tune": TUNE}, f)
     env = {**os.environ, **head.client_env}
+    # --shared: the storage folder is one every node of this (one-node) cluster sees; without it
+    # `launcher submit` refuses a local ray.storage_path on a cluster that may gain nodes.
     launcher = [sys.executable, "-m", "launcher", "submit"]
     plain = [RAY, "job", "submit", "--address", head.address, "--no-wait", "--working-dir", ".", "--submission-id"]
     commands = {
-        "many-a": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--submission-id", "many-a", "--"],
-        "many-b": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--submission-id", "many-b", "--"],
+        "many-a": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--shared", storage_path,
+                              "--submission-id", "many-a", "--"],
+        "many-b": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--shared", storage_path,
+                              "--submission-id", "many-b", "--"],
         "many-c": plain + ["many-c", "--", "python", "-m", "launcher", "train", "cfg.yaml"],
         # The job that gets stopped: long enough to be mid-run when `ray job stop` comes.
         "many-d": plain + ["many-d", "--", "python", "-m", "launcher", "train", "cfg.yaml", "--train.max_epochs", "40"],
-        "many-tune": launcher + ["tune.yaml", "--address", head.address, "--installed", "--command", "tune",
-                                 "--submission-id", "many-tune", "--"],
+        "many-tune": launcher + ["tune.yaml", "--address", head.address, "--installed", "--shared", storage_path,
+                                 "--command", "tune", "--submission-id", "many-tune", "--"],
     }
     # A sixth job aimed at many-a's output_dir at the same moment: exactly one of the two may run there.
     commands["many-dup"] = plain + ["many-dup", "--", "python", "-m", "launcher", "train", "cfg.yaml"]
