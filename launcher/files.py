@@ -5,6 +5,8 @@ Secrets never reach a file: every writer here passes its content through `config
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -14,6 +16,7 @@ from typing import Any
 import yaml
 
 from launcher.config.secrets import redact
+from launcher.errors import ConfigError
 
 
 def atomic_write(path: str, text: str) -> None:
@@ -51,6 +54,24 @@ def clear_dir(path: str) -> None:
         for name in os.listdir(path):
             full = os.path.join(path, name)
             shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.remove(full)
+
+
+@contextlib.contextmanager
+def claim_dir(path: str, key: str = "output_dir"):
+    """Create `path` and hold an exclusive lock on it while the block runs: a second run started on the
+    same folder at the same time (two jobs on one cluster, two shells) is refused with a ConfigError
+    instead of mixing its files and its run storage with this one's. The lock is the folder's own
+    (flock on its descriptor): nothing is written into it, and it ends with the process, however that ends."""
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(key, f"{path} is in use by another run right now", "wait for that run to end, or choose another output_dir") from None
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _plain(v):

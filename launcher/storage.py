@@ -196,10 +196,19 @@ def storage_error_cause(e: Optional[BaseException], path: str) -> Optional[Stora
         if code is None:
             found = _ERRNO_IN_TEXT.search(str(c))
             code = int(found.group(1)) if found else None
+        if code in (errno.EACCES, errno.EPERM) and not (c.filename and _inside(str(c.filename), path)):
+            continue  # a refused read elsewhere (a data file, a model folder) is not this storage's fault
         if code in STORAGE_ERRNOS:
             where = f" writing {c.filename}" if c.filename else ""
             return StorageError(path, f"{STORAGE_ERRNOS[code]} ({errno.errorcode[code]}{where})")
     return None
+
+
+def _inside(filename: str, path: str) -> bool:
+    if is_uri(path):
+        return True  # pyarrow names bucket paths its own way
+    full, root = os.path.abspath(filename), os.path.abspath(path)
+    return full == root or full.startswith(root.rstrip("/") + "/")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from launcher import export, storage
 from launcher.config import Config, to_dict
 from launcher.config.parsing import parse, print_config
 from launcher.distributed import cluster
-from launcher.files import clear_dir, write_yaml
+from launcher.files import claim_dir, clear_dir, write_yaml
 from launcher.storage import storage_errors
 from launcher.training.prepare import check, check_output_dir, prepare
 
@@ -45,18 +45,18 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
     name = storage.run_name(cfg)  # unique in shared storage, where Ray would resume a same-named run
     storage.check_run_state(cfg, name, overwrite, resume)
     prepared = prepare(cfg)
-    with storage_errors(cfg.output_dir):  # full or read-only: one line naming it (fit names the run storage)
+    # Full or read-only: one line naming output_dir (fit names the run storage). Another run of the same
+    # output_dir at the same time (jobs submitted together) is refused, not mixed with this one.
+    with storage_errors(cfg.output_dir), claim_dir(cfg.output_dir):
         if overwrite and not resume:
             clear_dir(cfg.output_dir)
             storage.clear_run(cfg, name)
-        os.makedirs(cfg.output_dir, exist_ok=True)
         write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
 
-    cluster.init_ray(cfg)
-    cfg = cluster.with_cpus(cfg)  # ray.cpus_per_worker auto → a number, from the CPUs Ray has
-    cluster.check_resources(cfg, cluster.cluster_resources())
-    outcome = fit(cfg, prepared, name=name)
-    with storage_errors(cfg.output_dir):
+        cluster.init_ray(cfg)
+        cfg = cluster.with_cpus(cfg)  # ray.cpus_per_worker auto → a number, from the CPUs Ray has
+        cluster.check_resources(cfg, cluster.cluster_resources())
+        outcome = fit(cfg, prepared, name=name)
         return export.finish_run(cfg, prepared, outcome)
 
 

@@ -27,7 +27,7 @@ from launcher.config.parsing import parse, print_config
 from launcher.config.secrets import redact
 from launcher.distributed import cluster
 from launcher.errors import ConfigError
-from launcher.files import clear_dir, write_json, write_yaml
+from launcher.files import claim_dir, clear_dir, write_json, write_yaml
 from launcher.search import trials as trials_lib
 from launcher.search.report import TuneResult, plot_search, summary_text, trials_table, write_csv
 from launcher.search.space import Dimension, apply_params, parse_space, resolve_metric, trial_count, validate_search
@@ -79,30 +79,31 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
     # Trials are compared on validation data only; the test split is for the one exported model.
     prepared = dataclasses.replace(prepared, splits={k: v for k, v in prepared.splits.items() if k != "test"},
                                    sizes={k: v for k, v in prepared.sizes.items() if k != "test"})
-    if overwrite and not resume:
-        clear_dir(cfg.output_dir)
-        for uri in (experiment, trials_storage):
-            storage_lib.delete(uri)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
+    with claim_dir(cfg.output_dir):  # another search or run of this output_dir at the same time: refused
+        if overwrite and not resume:
+            clear_dir(cfg.output_dir)
+            for uri in (experiment, trials_storage):
+                storage_lib.delete(uri)
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        write_yaml(os.path.join(cfg.output_dir, "config.yaml"), to_dict(cfg))
 
-    cluster.init_ray(cfg)
-    resources = cluster.cluster_resources()
-    # ray.cpus_per_worker auto: the CPUs shared by the trials that run at once, as a number for every trial
-    cfg = cluster.with_cpus(cfg, trials=cluster.auto_trials(cfg, trial_count(cfg, dims), cluster.node_cpus()))
-    cluster.check_resources(cfg, resources)
-    concurrency = _concurrency(cfg, resources, verbose)
-    compat.start_train_autoscaling_coordinator()
+        cluster.init_ray(cfg)
+        resources = cluster.cluster_resources()
+        # ray.cpus_per_worker auto: the CPUs shared by the trials that run at once, as a number for every trial
+        cfg = cluster.with_cpus(cfg, trials=cluster.auto_trials(cfg, trial_count(cfg, dims), cluster.node_cpus()))
+        cluster.check_resources(cfg, resources)
+        concurrency = _concurrency(cfg, resources, verbose)
+        compat.start_train_autoscaling_coordinator()
 
-    settings = trials_lib.Settings(metric=metric, mode=mode, keys=[d.key for d in dims],
-                                 output_dir=os.path.abspath(cfg.output_dir), train_storage=trials_storage,
-                                 tune_checkpoints=cfg.tune.scheduler == "pbt", in_trial=runs_in_trial(cfg, [d.key for d in dims]),
-                                 bounds={d.key: d.bounds() for d in dims if d.bounds()}, experiment=experiment)
-    start = time.time()
-    grid = tuner.run_search(cfg, dims, prepared, settings, root, name, resume=resume, concurrency=concurrency,
-                            callbacks=list(tune_callbacks or []), verbose=verbose, trial_callbacks=trial_callbacks)
-    trials = trials_lib.summarize(grid, settings)
-    return finish_search(cfg, prepared, trials, dims, settings, grid, time.time() - start, verbose)
+        settings = trials_lib.Settings(metric=metric, mode=mode, keys=[d.key for d in dims],
+                                     output_dir=os.path.abspath(cfg.output_dir), train_storage=trials_storage,
+                                     tune_checkpoints=cfg.tune.scheduler == "pbt", in_trial=runs_in_trial(cfg, [d.key for d in dims]),
+                                     bounds={d.key: d.bounds() for d in dims if d.bounds()}, experiment=experiment)
+        start = time.time()
+        grid = tuner.run_search(cfg, dims, prepared, settings, root, name, resume=resume, concurrency=concurrency,
+                                callbacks=list(tune_callbacks or []), verbose=verbose, trial_callbacks=trial_callbacks)
+        trials = trials_lib.summarize(grid, settings)
+        return finish_search(cfg, prepared, trials, dims, settings, grid, time.time() - start, verbose)
 
 
 def search_storage(cfg: Config) -> tuple[str, str]:

@@ -2,7 +2,8 @@
 local head (`launcher submit` and plain `ray job submit`), share its 2 CPUs in fractions and one run
 storage (as `$LAUNCHER_STORAGE` is shared on a cluster head).
 
-All finish, each output_dir holds only its own run, the run names in the shared storage never collide,
+All finish, each output_dir holds only its own run (a sixth job started on the output_dir of another at
+the same moment is refused), the run names in the shared storage never collide,
 `ray job stop` of one job leaves the others and its own checkpoints intact, and the head is healthy
 afterwards. The head is this test's own (`ray start --head --block`, ended by its PID).
 """
@@ -72,18 +73,25 @@ def test_four_trains_and_a_tune_on_one_head(head, project, tmp_path):
     with open("tune.yaml", "w") as f:
         yaml.safe_dump({**yaml.safe_load(open("cfg.yaml")), "tune": TUNE}, f)
     env = {**os.environ, **head.client_env}
+    # --shared: the storage folder is one every node of this (one-node) cluster sees; without it
+    # `launcher submit` refuses a local ray.storage_path on a cluster that may gain nodes.
     launcher = [sys.executable, "-m", "launcher", "submit"]
     plain = [RAY, "job", "submit", "--address", head.address, "--no-wait", "--working-dir", ".", "--submission-id"]
     commands = {
-        "many-a": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--submission-id", "many-a", "--"],
-        "many-b": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--submission-id", "many-b", "--"],
+        "many-a": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--shared", storage_path,
+                              "--submission-id", "many-a", "--"],
+        "many-b": launcher + ["cfg.yaml", "--address", head.address, "--installed", "--shared", storage_path,
+                              "--submission-id", "many-b", "--"],
         "many-c": plain + ["many-c", "--", "python", "-m", "launcher", "train", "cfg.yaml"],
         # The job that gets stopped: long enough to be mid-run when `ray job stop` comes.
         "many-d": plain + ["many-d", "--", "python", "-m", "launcher", "train", "cfg.yaml", "--train.max_epochs", "40"],
-        "many-tune": launcher + ["tune.yaml", "--address", head.address, "--installed", "--command", "tune",
-                                 "--submission-id", "many-tune", "--"],
+        "many-tune": launcher + ["tune.yaml", "--address", head.address, "--installed", "--shared", storage_path,
+                                 "--command", "tune", "--submission-id", "many-tune", "--"],
     }
-    procs = {j: subprocess.Popen(cmd + ["--output_dir", outs[j], *common], env=env, stdout=subprocess.PIPE,
+    # A sixth job aimed at many-a's output_dir at the same moment: exactly one of the two may run there.
+    commands["many-dup"] = plain + ["many-dup", "--", "python", "-m", "launcher", "train", "cfg.yaml"]
+    dirs = {**outs, "many-dup": outs["many-a"]}
+    procs = {j: subprocess.Popen(cmd + ["--output_dir", dirs[j], *common], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for j, cmd in commands.items()}
     for j, p in procs.items():
         out, _ = p.communicate(timeout=300)
@@ -96,7 +104,12 @@ def test_four_trains_and_a_tune_on_one_head(head, project, tmp_path):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     states = _wait_terminal(head, list(commands), timeout=1200)
     logs = {j: _ray_job(head, "logs", j).stdout[-2500:] for j, s in states.items() if s != "SUCCEEDED"}
-    assert states == {**{j: "SUCCEEDED" for j in commands}, "many-d": "STOPPED"}, (states, logs)
+    # The pair on one output_dir: one ran, the other was refused before touching it (whichever came second).
+    pair = sorted([states.pop("many-a"), states.pop("many-dup")])
+    assert pair == ["FAILED", "SUCCEEDED"], (pair, logs)
+    loser = "many-a" if "many-a" in logs else "many-dup"
+    assert any(why in logs[loser] for why in ("is in use by another run right now", "is not empty")), logs[loser]
+    assert states == {**{j: "SUCCEEDED" for j in states}, "many-d": "STOPPED"}, (states, logs)
 
     # Each output_dir holds its own run, and only that (the Ray state lives in the shared storage).
     for j in ("many-a", "many-b", "many-c"):
@@ -109,7 +122,8 @@ def test_four_trains_and_a_tune_on_one_head(head, project, tmp_path):
         assert not os.path.exists(os.path.join(outs[j], "ray")) and not os.path.exists(os.path.join(outs[j], "trials"))
     with open(os.path.join(outs["many-tune"], "best.json")) as f:
         best = json.load(f)
-    assert best["config"]["output_dir"] == outs["many-tune"] and len(os.listdir(os.path.join(outs["many-tune"], "trials"))) == 2
+    trials = TUNE["num_samples"] * len(TUNE["search_space"]["optim.lr"]["grid"])  # Tune repeats the grid num_samples times
+    assert best["config"]["output_dir"] == outs["many-tune"] and len(os.listdir(os.path.join(outs["many-tune"], "trials"))) == trials
     assert not os.path.exists(os.path.join(outs["many-d"], "results.json"))
 
     # Run names in the shared storage: one per train job, one experiment (+ its trials' runs) for the search.
