@@ -9,6 +9,7 @@ functions, in the workers only.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -164,6 +165,11 @@ def release_memory() -> None:
     """After a run in a process that goes on (a reused trial actor): collect the model, optimizer and
     loaders the run left in reference cycles, and return cached CUDA blocks to the device."""
     gc.collect()
+    if sys.platform.startswith("linux"):
+        try:  # glibc keeps freed heap pages mapped; hand them back so RSS shows what is really in use
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # another libc (musl): nothing to trim
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()

@@ -150,7 +150,9 @@ def test_resume_after_the_driver_is_killed(tiny_bert, tmp_path):
     import yaml
 
     out = str(tmp_path / "resume")
-    cfg = _search_config(tiny_bert, tmp_path, out, num_samples=3, max_concurrent_trials=1, scheduler="fifo",
+    # One-worker trials train in a reused trial process and take seconds: enough rows that the kill
+    # lands while a trial is mid-way (after its first epoch's checkpoint), which --resume continues.
+    cfg = _search_config(tiny_bert, tmp_path, out, train_rows=2048, num_samples=3, max_concurrent_trials=1, scheduler="fifo",
                          search_space={"optim.lr": {"loguniform": [3e-3, 8e-3]}})
     from launcher.config import to_dict
 
@@ -158,6 +160,8 @@ def test_resume_after_the_driver_is_killed(tiny_bert, tmp_path):
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     status_dir = os.path.join(out, "ray", "tune-trials", "_status")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray of its own
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # Tune saves its state every second (default: every 10 s)
+    trials_dir = os.path.join(out, "ray", "tune-trials")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "tune", str(path), "--ray.num_cpus", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -166,12 +170,15 @@ def test_resume_after_the_driver_is_killed(tiny_bert, tmp_path):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(1)
         assert os.listdir(status_dir), "no trial finished in time"
-        # Kill once Tune has saved its state after that (the crash to recover from is a later one).
-        finished_at = max(os.path.getmtime(os.path.join(status_dir, f)) for f in os.listdir(status_dir))
+        # Wait for a running trial's first checkpoint, then kill once Tune has saved its state after
+        # that (the crash to recover from is a later one).
+        while time.time() < deadline and not _running_trial_checkpoint(trials_dir, status_dir):
+            time.sleep(0.2)
+        finished_at = time.time()
         state = os.path.join(out, "ray", "tune")
         while time.time() < deadline and not any(
                 f.startswith("experiment_state") and os.path.getmtime(os.path.join(state, f)) > finished_at for f in os.listdir(state)):
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, as a crash would
         proc.wait()
@@ -188,3 +195,13 @@ def test_resume_after_the_driver_is_killed(tiny_bert, tmp_path):
         best = json.load(f)
     assert best["value"] == pytest.approx(max(float(r["best_val_accuracy"]) for r in table))
     assert not math.isnan(best["value"])
+
+
+def _running_trial_checkpoint(trials_dir: str, status_dir: str) -> bool:
+    """Whether a trial that has not ended has a checkpoint in storage."""
+    done = {f.removesuffix(".json") for f in os.listdir(status_dir)}
+    for trial in os.listdir(trials_dir):
+        path = os.path.join(trials_dir, trial)
+        if trial not in done and not trial.startswith("_") and any(d.startswith("checkpoint_") for d in os.listdir(path)):
+            return True
+    return False
