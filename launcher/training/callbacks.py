@@ -259,7 +259,9 @@ class ProgressLog(pl.Callback):
         rate = done / (now - self.start)
         eta = (total - step) / rate if rate > 0 else float("inf")
         m = trainer.callback_metrics
-        loss = float(m["train_loss_step"]) if "train_loss_step" in m else float("nan")
+        # train_loss_step: logged on step and epoch (launcher's tasks); train_loss: on step only (a user's module)
+        key = "train_loss_step" if "train_loss_step" in m else "train_loss"
+        loss = float(m[key]) if key in m else float("nan")
         lr = float(m["lr"]) if "lr" in m else float("nan")
         say(f"[launcher] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} step {step}/{total} "
             f"({100 * step / max(total, 1):.0f}%) loss {loss:.4f} lr {lr:.3g} {rate:.2f} steps/s ETA {duration(eta)}")
