@@ -66,6 +66,13 @@ def test_parquet_folder_streams_like_in_memory(ray_session, tiny_bert, tmp_path)
     with open(os.path.join(tmp_path, "s", "results.json")) as f:
         assert json.load(f)["streaming"]["rows"] == 32
 
+    # `launcher evaluate` of a streaming run's config reads only the scored split.
+    from tests.helpers.cli import run_cli
+
+    proc = run_cli("evaluate", os.path.join(tmp_path, "s", "config.yaml"), "--split", "validation")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["val_accuracy"] == pytest.approx(streamed["best_value"], abs=1e-6)
+
 
 def _bad_files(tmp_path):
     rows = sentiment_rows(24, seed=3)
