@@ -215,6 +215,50 @@ def stream_cpus(cfg: Config, worker_cpus: Optional[float]) -> Any:
     return {"total": total, "per_worker": split.worker_cpus, "ray_data": split.data_cpus}
 
 
+def data_sizes(cfg: Config, train_rows: Optional[int] = None) -> tuple[dict, list[str]]:
+    """Examples per split after validation_split and max_*_samples, as data.load_splits makes them.
+    `train_rows`: the training rows of a stream (stream_plan counted them).
+
+    Returns (sizes, notes); notes say why a size is an estimate of the training examples.
+    """
+    d = cfg.data
+    notes = []
+    rows = {}
+    fmt = (cfg.task_options or {}).get("format")
+    for split, key in SPLIT_KEYS.items():
+        path = getattr(d, f"{split}_file")
+        if not path:
+            continue
+        if split == "train" and train_rows is not None:
+            rows[split] = train_rows
+        elif cfg.task == "token-classification" and is_conll(path, fmt):
+            rows[split] = conll_sentences(key, path)  # what the task's CoNLL reader makes of it
+        else:
+            rows[split] = count_rows(key, path)
+    sizes = {"train": rows["train"]}
+    if "validation" in rows:
+        sizes["validation"] = rows["validation"]
+    else:
+        # datasets' train_test_split: ceil(validation_split * N) rows held out.
+        held_out = math.ceil(d.validation_split * rows["train"])
+        sizes = {"train": rows["train"] - held_out, "validation": held_out}
+    if "test" in rows:
+        sizes["test"] = rows["test"]
+    if d.max_train_samples:
+        sizes["train"] = min(sizes["train"], d.max_train_samples)
+    if d.max_eval_samples:
+        for split in ("validation", "test"):
+            if split in sizes:
+                sizes[split] = min(sizes[split], d.max_eval_samples)
+    if cfg.task in DERIVED:
+        notes.append(f"{cfg.task}: counts are data rows; {DERIVED[cfg.task]} (--exact counts them)")
+    elif cfg.task not in ROW_TASKS:
+        notes.append(f"{cfg.task}: counts are data rows (--exact counts the task's examples)")
+    if any("://" in (getattr(d, f"{s}_file") or "") for s in SPLIT_KEYS if s != "train" or train_rows is None):
+        notes.append("remote data files are not read by plan (--exact reads them)")
+    return sizes, notes
+
+
 # ---------------------------------------------------------------------- parameters and memory
 
 

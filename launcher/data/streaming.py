@@ -31,15 +31,18 @@ def is_remote(path: str) -> bool:
 # ---------------------------------------------------------------------- does this run stream?
 
 
-def decide(setting, remote: bool, n_files: int, size_mb: float, min_mb: float, has_validation: bool) -> tuple[bool, str]:
+def decide(setting, remote: bool, n_files: int, size_mb: float, min_mb: float, has_validation: bool,
+           listing: bool = False) -> tuple[bool, str]:
     """(stream?, why) for `data.streaming` = `setting` (auto / True / False) and the training files:
-    a remote URI, `n_files` files of `size_mb` MiB in all. Auto streams a remote URI, several files,
-    or more than `min_mb` MiB, when a validation file is given (a stream holds out no validation rows)."""
+    a remote URI, `n_files` files (`listing`: named by a folder or glob) of `size_mb` MiB in all. Auto
+    streams a remote URI, a folder or glob, several files, or more than `min_mb` MiB, when a validation
+    file is given (a stream holds out no validation rows)."""
     if setting is False:
         return False, "data.streaming false"
     if setting is True:
         return True, "data.streaming true"
-    reasons = (["a remote URI"] if remote else []) + ([f"{n_files} files"] if n_files > 1 else [])
+    files = [f"{n_files} file{'s' if n_files != 1 else ''}"] if n_files > 1 or listing else []
+    reasons = (["a remote URI"] if remote else []) + files
     if not remote and size_mb > min_mb:
         reasons.append(f"{size_mb:.0f} MiB > data.streaming_min_mb {min_mb:g}")
     if not reasons:
@@ -111,6 +114,10 @@ def decision(cfg) -> Decision:
     d = cfg.data
     path = d.train_file
     if d.streaming is False:
+        saved = os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "state.json"))
+        if not is_remote(path) and (any(c in path for c in "*?[") or (os.path.isdir(path) and not saved)):
+            raise ConfigError("data.train_file", f"{path} names several files, which only a stream reads (data.streaming false)",
+                              "set --data.streaming auto (or true) and give data.validation_file, or point at one local file")
         return Decision(False, "data.streaming false")
     if not is_remote(path) and os.path.isfile(path) and not _format_of(path):
         if d.streaming is True:
@@ -123,12 +130,13 @@ def decision(cfg) -> Decision:
             raise ConfigError("data.streaming", f"cannot stream the save_to_disk folder {path}",
                               "write the data as parquet (Dataset.to_parquet) or set --data.streaming false")
         return Decision(False, "auto: a save_to_disk folder is read in memory")
-    stream, reason = decide(d.streaming, src.remote, len(src.files), src.size_mb, d.streaming_min_mb, bool(d.validation_file))
+    listing = not src.remote and src.files != [path]
+    stream, reason = decide(d.streaming, src.remote, len(src.files), src.size_mb, d.streaming_min_mb, bool(d.validation_file), listing)
     if stream and not d.validation_file:
         raise ConfigError("data.validation_file", "is required when streaming: a stream holds out no validation rows",
                           "give a validation file, or set --data.streaming false to hold out data.validation_split")
-    if not stream and (len(src.files) > 1 or src.remote):
-        raise ConfigError("data.train_file", f"{path} names several or remote files, which only a stream reads ({reason})",
+    if not stream and listing:
+        raise ConfigError("data.train_file", f"{path} names several files, which only a stream reads ({reason})",
                           "set --data.streaming true and give data.validation_file, or point at one local file")
     return Decision(stream, reason, src)
 

@@ -55,7 +55,7 @@ def test_config_keys_and_auto_decision(tmp_path):
     assert coerce(tp, "auto") == "auto" and coerce(tp, "true") is True and coerce(tp, False) is False
     with pytest.raises(BadValue) as e:
         coerce(tp, "sometimes")
-    assert str(bad_value("data.streaming", e.value)) == "data.streaming: invalid choice 'sometimes' — choose one of: auto, true, false"
+    assert str(bad_value("data.streaming", e.value)).startswith("data.streaming: expected 'auto' or bool, got 'sometimes'")
 
     folder = tmp_path / "train"
     folder.mkdir()
@@ -67,7 +67,7 @@ def test_config_keys_and_auto_decision(tmp_path):
         cfg.data.streaming = True
         streaming.decision(cfg)
     cfg.data.streaming = "auto"
-    with pytest.raises(ConfigError, match="^data.train_file: .* names several or remote files"):
+    with pytest.raises(ConfigError, match="^data.train_file: .* names several files"):
         streaming.decision(cfg)  # auto would stream a folder, but there is no validation file
     cfg.data.validation_file = str(folder / "p0.parquet")
     d = streaming.decision(cfg)
