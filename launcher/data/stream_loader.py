@@ -102,7 +102,18 @@ def _bad_rows(e: BaseException):
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, BadRows):
-            return e
+            # Ray re-raises a task's error as a class deriving from both RayTaskError and the cause,
+            # whose text is the whole remote traceback: keep the one line that BadRows said.
+            text = str(e)
+            if type(e) is BadRows and "\n" not in text:
+                return e
+            if "BadRows: " in text:
+                return BadRows(text.split("BadRows: ", 1)[1].splitlines()[0])
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, BadRows) and cause is not e:
+                e = cause
+                continue
+            return BadRows(text.strip().splitlines()[-1] if text.strip() else type(e).__name__)
         cause = getattr(e, "cause", None)
         if isinstance(cause, BaseException):
             e = cause

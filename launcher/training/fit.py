@@ -108,6 +108,9 @@ def launch(cfg: Config, loop, loop_config: dict, name: str, monitor: str, mode: 
         finally:
             log = ray.get(run_log.get.remote())
             ray.kill(run_log)
+        bad_rows = [f for f in log.get("fatal", []) if f.get("bad_rows")]
+        if bad_rows:  # a worker met a bad row in the stream (the others may have failed waiting for it)
+            raise bad_rows_error(bad_rows[-1]["message"])
         if getattr(result, "error", None) is not None:
             raise result.error
     wall = time.time() - start

@@ -132,9 +132,9 @@ def fit_module(cfg: Config, session, run_log, module, loaders: dict, ckpt_path: 
     try:
         trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders.get("validation"), ckpt_path=ckpt_path)
     except BadRows as e:
-        # Bad data fails the same way on a restarted group: stop, and let the driver say it in one line.
-        if rank == 0:
-            run_log.record("fatal", {"message": str(e), "bad_rows": True}, wait=True)
+        # Bad data fails the same way on a restarted group: stop, and let the driver say it in one line
+        # (whichever worker's shard met the row).
+        run_log.record("fatal", {"message": str(e), "bad_rows": True}, wait=True)
         return None
     except NonFiniteLoss as e:
         # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead

@@ -114,3 +114,20 @@ def test_stream_loader_counts_exactly_and_resumes():
     loader.shard = FakeShard(rows[:5])
     with pytest.raises(RuntimeError, match="gave 2 batches in epoch 2, 3 were counted"):
         list(loader)
+
+
+def test_a_bad_row_wrapped_by_ray_keeps_its_one_line():
+    """Ray re-raises a task's error as a class deriving from RayTaskError and the cause, whose text is
+    the remote traceback; the loader hands Lightning the one line BadRows said."""
+    from launcher.data.stream_loader import _bad_rows
+
+    class Wrapped(RuntimeError, streaming.BadRows):
+        pass
+
+    line = "data.text_column: /d/t.parquet row 7: empty 'text'; fix: fill or drop that row"
+    e = Wrapped(f"ray::MapBatches(RowCheck)() (pid=1)\n  File \"x.py\", line 3\nlauncher.data.streaming.BadRows: {line}")
+    assert str(_bad_rows(e)) == line
+    outer = RuntimeError("stream failed")
+    outer.__cause__ = e
+    assert str(_bad_rows(outer)) == line
+    assert _bad_rows(ValueError("other")) is None
