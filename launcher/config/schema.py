@@ -82,7 +82,7 @@ class DataConfig:
     block_size: Optional[int] = None
     """Language modeling: tokens per training block (default: min(max_length, model positions))."""
     streaming: Union[Literal["auto"], bool] = "auto"
-    """Stream the training data through Ray Data (read and tokenised on the cluster's CPUs, never held by the driver): true, false, or auto (streams when data.train_file is a remote URI, a folder or glob of several files, or larger than data.streaming_min_mb, and data.validation_file is given)."""
+    """Stream the training data through Ray Data (read and tokenised on the cluster's CPUs, never held by the driver): true, false, or auto (streams when data.train_file is a remote URI, a folder, a glob, or larger than data.streaming_min_mb, and data.validation_file is given)."""
     streaming_min_mb: float = 1024
     """data.streaming auto: stream a training file (or files) larger than this many MiB."""
     streaming_cpus: Optional[float] = None
