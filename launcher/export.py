@@ -138,6 +138,10 @@ def finish_run(cfg: Config, prepared, outcome) -> dict:
                                           "best_value": best_metrics.get(outcome.monitor)})
     results = results_dict(cfg, outcome, best_metrics, best_dir if checkpoint is not None else None)
     results.update(trainable_parameters=counts.get("trainable_parameters"), total_parameters=counts.get("total_parameters"))
+    stream = getattr(prepared, "stream", None)
+    if stream is not None:
+        results["streaming"] = {"rows": stream.rows, "rows_from": stream.rows_from, "skipped_rows": stream.skipped_rows,
+                                "worker_cpus": cfg.ray.cpus_per_worker}
     if cfg.peft.enabled and checkpoint is not None:
         results["best_adapter"] = os.path.join(os.path.abspath(best_dir), "adapter")
     if checkpoint is not None:

@@ -60,10 +60,20 @@ def run(cfg: Config, model: str, split: str) -> dict:
     cfg.peft.method = "none"  # the exported weights as they are: no new adapters on top
     task = get_task(cfg.task)(cfg)
     tokenizer = task.load_tokenizer()
-    splits = task.load()
-    if split not in splits:
-        raise ConfigError("--split", f"no {split} data in the config", "set data.validation_file or data.test_file")
-    tokenized, meta = task.prepare({"train": splits["train"], split: splits[split]}, tokenizer, meta=info.get("meta"))
+    if cfg.data.streaming is True:
+        # The training data of a streaming run is a folder, glob or URI only Ray Data reads: read only
+        # the scored split (the exported meta has the labels that prepare would take from training).
+        path = getattr(cfg.data, f"{split}_file", None)
+        if not path:
+            raise ConfigError("--split", f"no {split} data in the config", f"set data.{split}_file")
+        ds = task.read(f"data.{split}_file", path)
+        task.check_split(split, path, ds)
+        tokenized, meta = task.prepare({split: ds}, tokenizer, meta=info.get("meta"))
+    else:
+        splits = task.load()
+        if split not in splits:
+            raise ConfigError("--split", f"no {split} data in the config", "set data.validation_file or data.test_file")
+        tokenized, meta = task.prepare({"train": splits["train"], split: splits[split]}, tokenizer, meta=info.get("meta"))
     module = task.module(meta, tokenizer)
     module.model.eval()
     loader = DataLoader(EvalShard(tokenized[split], 0, 1), batch_size=cfg.train.eval_batch_size_or_default(),

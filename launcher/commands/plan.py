@@ -31,7 +31,7 @@ from launcher.config.secrets import redact
 from launcher.console import size
 from launcher.data.counting import conll_sentences, count_rows, is_conll
 from launcher.data.files import SPLIT_KEYS
-from launcher.data.sampling import batches_per_rank, optimizer_steps_per_epoch
+from launcher.data import sampling, streaming
 from launcher.distributed import cluster
 from launcher.distributed.memory import Params, checkpoint_params, lora_params, memory_estimate
 from launcher.distributed.trainer import worker_resources
@@ -76,27 +76,34 @@ def main(argv: list[str]) -> int:
 
 def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
     """Every number of the plan as a dict (what `--json` prints)."""
-    check(cfg)
+    decided = check(cfg)
     if tasks.is_user_task(cfg.task):
         # A user's Task: its import path and task_options fail here, as they would in `launcher train`.
         tasks.get_task(cfg.task)(cfg)
     t, r = cfg.train, cfg.ray
     world = r.num_workers
     trainable = None
-    if exact:
+    stream = stream_plan(cfg, decided)
+    if exact and not decided.stream:
         sizes, params, trainable, notes = _exact(cfg)
     else:
-        sizes, notes = data_sizes(cfg)
+        sizes, notes = data_sizes(cfg, stream.get("rows"))
+        notes += stream.get("notes", [])
+        if exact:
+            notes.append("--exact does not read a stream: its rows are counted as above, tokenised by Ray Data when the run starts")
         params = checkpoint_params(cfg)
         if cfg.peft.enabled:
             trainable = lora_params(cfg, params, _model_type(cfg))
     n_train = sizes["train"]
-    batches = batches_per_rank(n_train, world, t.batch_size)
-    steps_epoch = optimizer_steps_per_epoch(n_train, world, t.batch_size, t.accumulate_grad_batches)
+    steps_lib = streaming if decided.stream else sampling
+    batches = steps_lib.batches_per_rank(n_train, world, t.batch_size)
+    steps_epoch = steps_lib.optimizer_steps_per_epoch(n_train, world, t.batch_size, t.accumulate_grad_batches)
     # train.py runs max_epochs=-1 when max_steps is set: the run ends exactly at max_steps.
     total = t.max_steps if t.max_steps > 0 else steps_epoch * t.max_epochs
     eval_bs = t.eval_batch_size_or_default()
     cpus = _cpus(cfg, tune)
+    if decided.stream:
+        stream["cpus"] = stream_cpus(cfg, cpus.cpus)
     if cpus.cpus is None:  # auto on a cluster: decided once joined; the other resources are known
         per_worker = worker_resources(_with_cpus(cfg, 1.0))
         per_worker.pop("CPU")
@@ -125,6 +132,7 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
             "sizes": sizes,
             "exact": not notes,
             "notes": notes,
+            "streaming": stream,
         },
         "steps": {
             "batch_size_per_worker": t.batch_size,
@@ -136,7 +144,7 @@ def build(cfg: Config, exact: bool = False, tune: bool = False) -> dict:
             "optimizer_steps_total": total,
             "warmup_steps": warmup_steps(cfg.scheduler, total),
             "scheduler": cfg.scheduler.name,
-            "eval_batches_per_worker": {s: batches_per_rank(n, world, eval_bs) for s, n in sizes.items() if s != "train"},
+            "eval_batches_per_worker": {s: sampling.batches_per_rank(n, world, eval_bs) for s, n in sizes.items() if s != "train"},
         },
         "paths": {
             "output_dir": out,
@@ -177,8 +185,42 @@ def _with_cpus(cfg: Config, cpus: float) -> Config:
 # ---------------------------------------------------------------------- data sizes
 
 
-def data_sizes(cfg: Config) -> tuple[dict, list[str]]:
+def stream_plan(cfg: Config, decided) -> dict:
+    """Whether the training data streams, why, and how its rows are counted."""
+    out: dict[str, Any] = {"streams": decided.stream, "reason": decided.reason}
+    if not decided.stream:
+        return out
+    src, d, r = decided.source, cfg.data, cfg.ray
+    rows, how, notes = streaming.parquet_rows(src.files), "parquet metadata", []
+    if rows is None and src.remote:
+        rows, how = 0, "Ray Data count when the run starts (remote files are not read by plan)"
+        notes.append("streaming: remote training files are counted by Ray Data when the run starts")
+    elif rows is None:
+        rows, how = sum(count_rows("data.train_file", f) for f in src.files), "counted from the files here; a run counts with Ray Data"
+    if d.max_train_samples:
+        rows = min(rows, d.max_train_samples)
+    if d.on_bad_rows == "skip":
+        notes.append("streaming: data.on_bad_rows skip: a run counts the valid rows with Ray Data (one pass) before training")
+    out.update(format=src.format, files=len(src.files), size_mb=round(src.size_mb, 1), rows=rows, rows_from=how,
+               shards=f"{r.num_workers} equal shards of {streaming.shard_rows(rows, r.num_workers):,} rows per epoch "
+                      f"(Ray Data streaming_split; {rows % r.num_workers} rows left out each epoch)",
+               validation="in memory, sharded by launcher (every example scored once)", notes=notes)
+    return out
+
+
+def stream_cpus(cfg: Config, worker_cpus: Optional[float]) -> Any:
+    """The CPU split of a streaming run (a split that leaves Ray Data no CPU is refused as in `launcher train`)."""
+    r = cfg.ray
+    if worker_cpus is None or r.address or os.environ.get("RAY_ADDRESS"):
+        return "set when the run joins the cluster (Ray Data keeps data.streaming_cpus, default 1)"
+    total = cluster.local_cpus(cfg)[0]
+    split = streaming.cpu_split(total, r.num_workers, worker_cpus, streaming.data_cpus(cfg))
+    return {"total": total, "per_worker": split.worker_cpus, "ray_data": split.data_cpus}
+
+
+def data_sizes(cfg: Config, train_rows: Optional[int] = None) -> tuple[dict, list[str]]:
     """Examples per split after validation_split and max_*_samples, as data.load_splits makes them.
+    `train_rows`: the training rows of a stream (stream_plan counted them).
 
     Returns (sizes, notes); notes say why a size is an estimate of the training examples.
     """
@@ -190,7 +232,9 @@ def data_sizes(cfg: Config) -> tuple[dict, list[str]]:
         path = getattr(d, f"{split}_file")
         if not path:
             continue
-        if cfg.task == "token-classification" and is_conll(path, fmt):
+        if split == "train" and train_rows is not None:
+            rows[split] = train_rows
+        elif cfg.task == "token-classification" and is_conll(path, fmt):
             rows[split] = conll_sentences(key, path)  # what the task's CoNLL reader makes of it
         else:
             rows[split] = count_rows(key, path)
@@ -213,7 +257,7 @@ def data_sizes(cfg: Config) -> tuple[dict, list[str]]:
         notes.append(f"{cfg.task}: counts are data rows; {DERIVED[cfg.task]} (--exact counts them)")
     elif cfg.task not in ROW_TASKS:
         notes.append(f"{cfg.task}: counts are data rows (--exact counts the task's examples)")
-    if any("://" in (getattr(d, f"{s}_file") or "") for s in SPLIT_KEYS):
+    if any("://" in (getattr(d, f"{s}_file") or "") for s in SPLIT_KEYS if s != "train" or train_rows is None):
         notes.append("remote data files are not read by plan (--exact reads them)")
     return sizes, notes
 
@@ -309,6 +353,20 @@ def render(plan: dict) -> str:
         "data" + ("" if data["exact"] else " (estimates, see notes)"),
     ]
     lines += [f"  {split + ':':<19} {n:,} examples" for split, n in data["sizes"].items()]
+    sp = data.get("streaming") or {}
+    if sp.get("streams"):
+        cpus = sp["cpus"]
+        cpu_text = cpus if isinstance(cpus, str) else (
+            f"{res['workers']} workers x {cpus['per_worker']:g} + Ray Data {cpus['ray_data']:g} of {cpus['total']:g} CPUs")
+        lines += [
+            f"  streaming:          yes ({sp['reason']}): {sp['files']} {sp['format']} file(s), {sp['size_mb']:g} MiB, read and "
+            "tokenised by Ray Data on the cluster",
+            f"  train rows from:    {sp['rows_from']}; {sp['shards']}",
+            f"  cpus:               {cpu_text}",
+            f"  validation/test:    {sp['validation']}",
+        ]
+    elif sp:
+        lines.append(f"  streaming:          no ({sp['reason']})")
     lines += [f"  note: {n}" for n in data["notes"]]
     evals = ", ".join(f"{s} {n}" for s, n in st["eval_batches_per_worker"].items())
     lines += [

@@ -11,6 +11,8 @@ import os
 from launcher import export, storage
 from launcher.config import Config, to_dict
 from launcher.config.parsing import parse, print_config
+from launcher.console import say
+from launcher.data.streaming import cpu_split, data_cpus
 from launcher.distributed import cluster
 from launcher.files import claim_dir, clear_dir, write_yaml
 from launcher.storage import storage_errors
@@ -40,10 +42,15 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
     from launcher.training.fit import fit
 
     check_output_dir(cfg, overwrite, resume)
-    check(cfg)
+    streams = check(cfg).stream  # data.streaming auto → true/false
     cluster.check_local_resources(cfg)  # before loading anything: the machine must fit the request
+    if streams and not cluster.is_remote(cfg):
+        stream_cpus(cfg, cluster.local_cpus(cfg)[0], quiet=True)  # before Ray starts: Ray Data must keep a CPU
     name = storage.run_name(cfg)  # unique in shared storage, where Ray would resume a same-named run
     storage.check_run_state(cfg, name, overwrite, resume)
+    if streams:
+        # Ray Data counts the rows and finds the label set on the cluster, so Ray starts first.
+        cluster.init_ray(cfg)
     prepared = prepare(cfg)
     # Full or read-only: one line naming output_dir (fit names the run storage). Another run of the same
     # output_dir at the same time (jobs submitted together) is refused, not mixed with this one.
@@ -56,8 +63,19 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> dict:
         cluster.init_ray(cfg)
         cfg = cluster.with_cpus(cfg)  # ray.cpus_per_worker auto → a number, from the CPUs Ray has
         cluster.check_resources(cfg, cluster.cluster_resources())
+        if streams:
+            stream_cpus(cfg, cluster.cluster_resources().get("CPU", 0))
         outcome = fit(cfg, prepared, name=name)
         return export.finish_run(cfg, prepared, outcome)
+
+
+def stream_cpus(cfg: Config, total: float, quiet: bool = False) -> None:
+    """data.streaming: the workers' CPUs must leave Ray Data `data.streaming_cpus` to read and tokenise."""
+    per_worker = cluster.cpus_per_worker(cfg).cpus if cfg.ray.cpus_per_worker == "auto" else float(cfg.ray.cpus_per_worker)
+    split = cpu_split(total, cfg.ray.num_workers, per_worker, data_cpus(cfg))
+    if not quiet:
+        say(f"[launcher] streaming: {cfg.ray.num_workers} workers x {split.worker_cpus:g} CPU, "
+            f"Ray Data keeps {split.data_cpus:g} of {total:g} CPUs")
 
 
 def summary_line(results: dict) -> str:

@@ -65,7 +65,9 @@ def run(config: Config, resume: bool = False, overwrite: bool = False, trial_cal
     cfg = copy.deepcopy(config)
     dims = parse_space(cfg)
     validate_search(cfg, dims)
-    check(cfg)
+    if check(cfg).stream:
+        raise ConfigError("data.streaming", "launcher tune does not stream training data yet (each trial would read and tokenise it again)",
+                          "set --data.streaming false (or keep the training data in one local file below data.streaming_min_mb)")
     cluster.check_local_resources(cfg)  # before Ray: a local machine must fit one trial
     metric, mode = resolve_metric(cfg)
     # Each trial keeps its top-k checkpoints by the searched metric, so its best epoch survives.

@@ -39,6 +39,8 @@ def _type(f) -> str:
         parts = [x.strip() for x in str(f.type)[len("Union["):-1].replace("Literal[", "").replace("]", "").split(",")]
         return " \\| ".join(x.strip("'\"") for x in parts)
     t = str(f.type).replace("typing.", "").replace("Optional[", "").rstrip("]") if "Optional" in str(f.type) else str(f.type)
+    if t.startswith("Union[Literal[") and t.endswith(", bool]"):  # data.streaming: auto | true | false
+        return " \\| ".join([x.strip().strip("'\"") for x in t[len("Union[Literal["):-len("], bool]")].split(",")] + ["true", "false"])
     if t.startswith("Literal["):
         t = " \\| ".join(x.strip().strip("'\"") for x in t[len("Literal["):].rstrip("]").split(","))
     return t.replace("|", "\\|") if "\\|" not in t else t

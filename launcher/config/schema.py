@@ -51,7 +51,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_file: Optional[str] = None
-    """Training data: .csv, .tsv, .json, .jsonl, .parquet, .txt, a CoNLL file, or a `save_to_disk` folder."""
+    """Training data: .csv, .tsv, .json, .jsonl, .parquet, .txt, a CoNLL file, or a `save_to_disk` folder; when streaming also a folder, a glob or an s3:// / gs:// URI of such files."""
     validation_file: Optional[str] = None
     """Validation data (same formats). When absent, `validation_split` of the training data is held out."""
     test_file: Optional[str] = None
@@ -80,6 +80,15 @@ class DataConfig:
     """Seq2seq output column (summarization, translation)."""
     block_size: Optional[int] = None
     """Language modeling: tokens per training block (default: min(max_length, model positions))."""
+    streaming: Union[Literal["auto"], bool] = "auto"
+    """Stream the training data through Ray Data (read and tokenised on the cluster's CPUs, never held by the driver): true, false, or auto (streams when data.train_file is a remote URI, a folder, a glob, or larger than data.streaming_min_mb, and data.validation_file is given)."""
+    streaming_min_mb: float = 1024
+    """data.streaming auto: stream a training file (or files) larger than this many MiB."""
+    streaming_cpus: Optional[float] = None
+    """Streaming: CPUs kept free of Train workers for Ray Data's reading and tokenising (default: 1); ray.cpus_per_worker auto leaves them out, a number that does not is refused."""
+    on_bad_rows: Literal["error", "skip"] = "error"
+    """Streaming: a row with an empty/missing text or label column stops the run naming file and row (error), or is dropped and counted in results.json (skip)."""
+
 
     def check(self) -> None:
         if self.train_file is None:
@@ -89,6 +98,10 @@ class DataConfig:
         require(self.max_train_samples is None or self.max_train_samples >= 1, "data.max_train_samples", "must be >= 1")
         require(self.max_eval_samples is None or self.max_eval_samples >= 1, "data.max_eval_samples", "must be >= 1")
         require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.streaming_min_mb >= 0, "data.streaming_min_mb", f"must be >= 0, got {self.streaming_min_mb}")
+        require(self.streaming_cpus is None or self.streaming_cpus > 0, "data.streaming_cpus",
+                f"must be > 0 (Ray Data needs a CPU to read and tokenise), got {self.streaming_cpus}",
+                "set --data.streaming_cpus 1, or --data.streaming false to tokenise on the driver")
 
 
 @dataclass

@@ -7,6 +7,7 @@ through Ray's object store (launcher.data.sampling).
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -33,6 +34,10 @@ def builder_for(path: str) -> Optional[str]:
 def check_exists(key: str, path: str) -> None:
     """The file or folder exists and a file is not empty (remote URIs are checked by the reader)."""
     if "://" in path:
+        return
+    if any(c in path for c in "*?[") and not os.path.exists(path):
+        if not glob.glob(path, recursive=True):
+            raise ConfigError(key, f"no files match {path}", "check the glob (relative paths are from the current directory)")
         return
     if not os.path.exists(path):
         raise ConfigError(key, f"file not found: {path}", "check the path (relative paths are from the current directory)")

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from launcher import compat, console
 from launcher.console import say
 from launcher.config import Config
+from launcher.data import streaming
 from launcher.distributed import xla
 from launcher.errors import ConfigError
 
@@ -117,10 +118,11 @@ def auto_cpus(node_cpus: Sequence[float], slots: int, reserved: float = 0.0) -> 
 
 
 def reserved_cpus(cfg: Config) -> float:
-    """CPUs that auto leaves to others than the workers. Ray Data (data.streaming, another change)
-    runs its read/map tasks on CPUs the workers do not reserve: without one left free, a streamed run
-    never gets a batch (see the shared notes on Ray 2.60). Keep this the one place that decides it."""
-    return 1.0 if getattr(cfg.data, "streaming", False) else 0.0
+    """CPUs that auto leaves to others than the workers. Ray Data (data.streaming) runs its read/map
+    tasks on CPUs the workers do not reserve: without one left free, a streamed run never gets a
+    batch (see the shared notes on Ray 2.60). Keep this the one place that decides it
+    (data.streaming_cpus, default 1; launcher.data.streaming.cpu_split refuses a number that leaves fewer)."""
+    return streaming.data_cpus(cfg)
 
 
 def local_cpus(cfg: Config) -> tuple[float, str]:

@@ -61,9 +61,16 @@ def run_config(cfg: Config, name: str, score: tuple[str, str], callbacks: Option
 
 
 def torch_trainer(loop: Callable, loop_config: dict, cfg: Config, name: str, score: tuple[str, str],
-                  callbacks: Optional[list] = None, storage: Optional[str] = None):
+                  callbacks: Optional[list] = None, storage: Optional[str] = None, datasets: Optional[dict] = None):
+    """`datasets`: Ray Data datasets by name (data.streaming: {"train": ...}); each is split into
+    equal shards, one per worker (`ray.train.get_dataset_shard(name)`)."""
     from ray.train.torch import TorchConfig
 
+    extra = {}
+    if datasets:
+        from ray.train import DataConfig
+
+        extra = {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=list(datasets))}
     return compat.trainer_without_dataset_manager()(
         loop, train_loop_config=loop_config, scaling_config=scaling_config(cfg), run_config=run_config(cfg, name, score, callbacks, storage),
-        torch_config=TorchConfig(backend="gloo" if not cfg.ray.use_gpu else "nccl"))
+        torch_config=TorchConfig(backend="gloo" if not cfg.ray.use_gpu else "nccl"), **extra)

@@ -135,6 +135,22 @@ class Task:
     def lengths(self, ds) -> list[int]:
         return [len(x) for x in ds["input_ids"]]
 
+    # ------------------------------------------------------------------ streaming (data.streaming)
+    def stream_columns(self) -> dict[str, str]:
+        """Config key → column every streamed training row must have, non-empty; the tokeniser reads these."""
+        raise NotImplementedError
+
+    def stream_meta(self, rows) -> Optional[dict]:
+        """What `prepare` would learn from the training split (label sets, ...), from the raw Ray
+        Data dataset `rows` (aggregations on the cluster, never the rows on the driver); handed to
+        `prepare` and `encoder` as `meta`."""
+        return None
+
+    def encoder(self, tokenizer, meta: Optional[dict]):
+        """The batch tokeniser `prepare` maps over a split (dict of column lists → dict of lists);
+        streaming runs the same function in Ray Data's `map_batches`."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ workers
     def collator(self, tokenizer):
         from transformers import DataCollatorWithPadding

@@ -73,29 +73,55 @@ class SequenceClassification(Task):
         d = self.cfg.data
         meta = self.label_info(splits, meta)
         if not meta["regression"]:
-            raw_to_id = meta.get("_raw_to_id") or {str(k): int(v) for k, v in meta["label2id"].items()}
+            raw_to_id = self.raw_to_id(meta)
             for split in ("validation", "test"):
                 if split in splits:
                     unseen = sorted({str(v) for v in splits[split][d.label_column]} - set(raw_to_id))
                     if unseen:
                         raise unseen_labels(split, unseen)
-
-        def encode(batch):
-            args = (batch[d.text_column],) if not d.text_pair_column else (batch[d.text_column], batch[d.text_pair_column])
-            out = tokenizer(*args, truncation=True, max_length=d.max_length)
-            if d.label_column in batch:
-                if meta["regression"]:
-                    out["labels"] = [float(v) for v in batch[d.label_column]]
-                else:
-                    out["labels"] = [raw_to_id[str(v)] for v in batch[d.label_column]]
-            return out
-
+        encode = self.encoder(tokenizer, meta)
         out = {}
         for split, ds in splits.items():
             out[split] = ds.map(encode, batched=True, remove_columns=ds.column_names,
                                 num_proc=d.preprocessing_num_workers, desc=f"tokenizing {split}")
         meta = {k: v for k, v in meta.items() if not k.startswith("_")}
         return out, meta
+
+    @staticmethod
+    def raw_to_id(meta: dict) -> dict:
+        return meta.get("_raw_to_id") or {str(k): int(v) for k, v in meta["label2id"].items()}
+
+    def encoder(self, tokenizer, meta):
+        d = self.cfg.data
+        regression = meta["regression"]
+        raw_to_id = None if regression else self.raw_to_id(meta)
+
+        def encode(batch):
+            args = (batch[d.text_column],) if not d.text_pair_column else (batch[d.text_column], batch[d.text_pair_column])
+            out = tokenizer(*args, truncation=True, max_length=d.max_length)
+            if d.label_column in batch:
+                if regression:
+                    out["labels"] = [float(v) for v in batch[d.label_column]]
+                else:
+                    out["labels"] = [raw_to_id[str(v)] for v in batch[d.label_column]]
+            return out
+
+        return encode
+
+    def stream_columns(self):
+        d = self.cfg.data
+        cols = {"data.text_column": d.text_column, "data.label_column": d.label_column}
+        if d.text_pair_column:
+            cols["data.text_pair_column"] = d.text_pair_column
+        return cols
+
+    def stream_meta(self, rows):
+        col = self.cfg.data.label_column
+        if col not in rows.columns():
+            raise ConfigError("data.label_column", f"column {col!r} not in {self.cfg.data.train_file}",
+                              "present columns: " + ", ".join(c for c in rows.columns() if c != "path"))
+        values = [v for v in rows.unique(col) if v is not None and not (isinstance(v, str) and not v.strip())]
+        return self.label_info({"train": {col: values}}, None)
 
     def model_kwargs(self, meta):
         kwargs = {"num_labels": meta["num_labels"], "id2label": {int(k): v for k, v in meta["id2label"].items()},

@@ -16,7 +16,7 @@ import ray
 from launcher.config import Config, to_dict
 from launcher.data.sampling import to_table
 from launcher.distributed import trainer as trainer_lib
-from launcher.errors import NonFiniteLoss
+from launcher.errors import ConfigError, NonFiniteLoss
 from launcher.storage import redact_uri, storage_errors
 from launcher.training.loop import train_loop
 from launcher.training.prepare import Prepared
@@ -78,11 +78,16 @@ def fit(cfg: Config, prepared: Prepared, name: str = "train", callbacks=None, st
     mode = cfg.checkpoint.mode_for(monitor)
     loop_config = {"cfg": to_dict(cfg), "meta": prepared.meta, **ship(prepared), "monitor": monitor, "mode": mode}
     loop_config.update(extra_loop_config or {})
-    return launch(cfg, train_loop, loop_config, name, monitor, mode, prepared.sizes["train"], callbacks, storage)
+    datasets = None
+    if prepared.stream is not None:
+        # data.streaming: Ray Data reads and tokenises on the cluster; each worker reads its equal shard.
+        datasets = {"train": prepared.stream.dataset()}
+        loop_config["stream"] = {"rows": prepared.stream.rows}
+    return launch(cfg, train_loop, loop_config, name, monitor, mode, prepared.sizes["train"], callbacks, storage, datasets)
 
 
 def launch(cfg: Config, loop, loop_config: dict, name: str, monitor: str, mode: str, train_size: int,
-           callbacks=None, storage: Optional[str] = None) -> Outcome:
+           callbacks=None, storage: Optional[str] = None, datasets: Optional[dict] = None) -> Outcome:
     """Run `loop(loop_config)` on the Ray Train workers of `cfg`, with a run log its rank 0 records to
     (`loop_config["run_log"]`), and return what it did; raises the run's error.
 
@@ -95,7 +100,7 @@ def launch(cfg: Config, loop, loop_config: dict, name: str, monitor: str, mode: 
     run_log = RunLog.options(num_cpus=0, scheduling_strategy=here).remote()
     loop_config = {**loop_config, "run_log": run_log}
     storage = storage or cfg.storage_path()
-    trainer = trainer_lib.torch_trainer(loop, loop_config, cfg, name, (CHECKPOINT_SCORE, mode), callbacks, storage)
+    trainer = trainer_lib.torch_trainer(loop, loop_config, cfg, name, (CHECKPOINT_SCORE, mode), callbacks, storage, datasets=datasets)
     start = time.time()
     with storage_errors(redact_uri(storage)):  # a full or read-only run storage: one line naming it
         try:
@@ -103,11 +108,17 @@ def launch(cfg: Config, loop, loop_config: dict, name: str, monitor: str, mode: 
         finally:
             log = ray.get(run_log.get.remote())
             ray.kill(run_log)
+        bad_rows = [f for f in log.get("fatal", []) if f.get("bad_rows")]
+        if bad_rows:  # a worker met a bad row in the stream (the others may have failed waiting for it)
+            raise bad_rows_error(bad_rows[-1]["message"])
         if getattr(result, "error", None) is not None:
             raise result.error
     wall = time.time() - start
     if log.get("fatal"):
-        raise NonFiniteLoss(log["fatal"][-1]["message"])
+        fatal = log["fatal"][-1]
+        if fatal.get("bad_rows"):
+            raise bad_rows_error(fatal["message"])
+        raise NonFiniteLoss(fatal["message"])
     history = dedupe_by_epoch(log.get("report", []))
     test = (log.get("test") or [{}])[-1]
     end = (log.get("end") or [{}])[-1]
@@ -115,3 +126,10 @@ def launch(cfg: Config, loop, loop_config: dict, name: str, monitor: str, mode: 
     samples = train_size * max(1, int(max((h.get("epoch", 0) for h in history), default=0)))
     return Outcome(result=result, history=history, test=test, starts=len(log.get("start", [])), wall_s=wall, end=end,
                    train_samples=samples, monitor=monitor, mode=mode, storage=storage, name=name, records=log)
+
+
+def bad_rows_error(message: str) -> ConfigError:
+    """A BadRows message ("key: what; fix: how") from a worker → the one-line ConfigError it stands for."""
+    what, _, fix = message.partition("; fix: ")
+    key, _, detail = what.partition(": ")
+    return ConfigError(key, detail, fix)

@@ -22,12 +22,21 @@ from typing import Optional
 from launcher import compat, console
 from launcher.config import Config, from_dict
 from launcher.data.sampling import EvalShard, TrainBatchSampler, from_table
+from launcher.data.stream_loader import StreamLoader
+from launcher.data.streaming import BadRows
 from launcher.distributed import strategy
 from launcher.distributed.xla.shapes import collators
 from launcher.errors import ConfigError, NonFiniteLoss
 from launcher.tasks import get_task
 from launcher.training.scoring import CHECKPOINT_NAME
 from launcher.training.session import TrainSession, run_log_client
+
+
+class StreamShard:
+    """The training split of a streaming run in a worker: its Ray Data shard and the epoch's row count."""
+
+    def __init__(self, shard, rows: int):
+        self.shard, self.rows = shard, rows
 
 
 def train_loop(loop_config: dict) -> None:
@@ -71,6 +80,9 @@ def _fit_and_test(cfg: Config, loop_config: dict, session, run_log, report) -> N
         tokenizer = loop_config["tokenizer"]
         splits = {k: from_table(ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref) for k, ref in loop_config["data"].items()}
         module = task.module(loop_config["meta"], tokenizer)
+        stream = loop_config.get("stream")
+        if stream:  # data.streaming: the training rows come from this worker's Ray Data shard
+            splits["train"] = StreamShard(session.dataset_shard("train"), stream["rows"])
         loaders = build_loaders(task, cfg, splits, tokenizer, rank, world)
 
         fitted = fit_module(cfg, session, run_log, module, loaders, ckpt_path, resumed_step, loop_config["monitor"], loop_config["mode"],
@@ -110,7 +122,7 @@ def fit_module(cfg: Config, session, run_log, module, loaders: dict, ckpt_path: 
         report = ReportCallback(monitor, mode, cfg.checkpoint.every_n_steps, session, run_log)
     guard = NonFiniteGuard(cfg.train.skip_nonfinite_batches)
     callbacks = [report, guard, ProgressLog(cfg.logging.progress_every_s)]
-    if isinstance(loaders["train"], resume.ResumableLoader):
+    if isinstance(loaders["train"], (resume.ResumableLoader, StreamLoader)):
         callbacks.insert(2, resume.LoaderPosition(loaders["train"]))
     callbacks += list(extra_callbacks)
     if logger is True:
@@ -120,6 +132,11 @@ def fit_module(cfg: Config, session, run_log, module, loaders: dict, ckpt_path: 
     trainer = make_trainer(cfg, session, callbacks, logger, find_unused_parameters=find_unused_parameters, **trainer_overrides)
     try:
         trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders.get("validation"), ckpt_path=ckpt_path)
+    except BadRows as e:
+        # Bad data fails the same way on a restarted group: stop, and let the driver say it in one line
+        # (whichever worker's shard met the row).
+        run_log.record("fatal", {"message": str(e), "bad_rows": True}, wait=True)
+        return None
     except NonFiniteLoss as e:
         # Every rank raises it at the same step (NonFiniteGuard decides together). Returning instead
         # of raising keeps Ray from restarting the workers into the same NaN; the driver raises it.
@@ -250,9 +267,14 @@ def build_loaders(task, cfg: Config, splits: dict, tokenizer, rank: int, world: 
         train_collate, eval_collate = collators(collate, tokenizer, cfg)
     common = {"num_workers": cfg.data.num_workers, "persistent_workers": cfg.data.num_workers > 0}
     train = splits["train"]
-    sampler = TrainBatchSampler(task.lengths(train), cfg.train.batch_size, rank, world, cfg.train.seed, cfg.train.group_by_length)
-    # Resumable: a worker group restarted mid-epoch continues with the batches not yet trained.
-    loaders = {"train": ResumableLoader(train, batch_sampler=sampler, collate_fn=train_collate, **common)}
+    if isinstance(train, StreamShard):
+        # Batches of this worker's Ray Data shard, padded by the same collator; resumable at a batch.
+        loaders = {"train": StreamLoader(train.shard, train.rows, world, cfg.train.batch_size, train_collate, cfg.train.seed,
+                                         cfg.train.group_by_length)}
+    else:
+        sampler = TrainBatchSampler(task.lengths(train), cfg.train.batch_size, rank, world, cfg.train.seed, cfg.train.group_by_length)
+        # Resumable: a worker group restarted mid-epoch continues with the batches not yet trained.
+        loaders = {"train": ResumableLoader(train, batch_sampler=sampler, collate_fn=train_collate, **common)}
     eval_bs = cfg.train.eval_batch_size_or_default()
     for name in ("validation", "test"):
         if name in splits:

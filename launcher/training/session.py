@@ -77,6 +77,12 @@ class TrainSession(Session):
 
         return [(r.metrics, r.checkpoint) for r in ray.train.get_all_reported_checkpoints()]
 
+    def dataset_shard(self, name: str):
+        """This worker's share of a Ray Data dataset handed to TorchTrainer(datasets=...)."""
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
     def device(self):
         from ray.train.torch import get_device
 

@@ -162,3 +162,34 @@ def test_tune_default_space_and_bad_space(tiny_bert, tmp_path, sentiment_files):
     with pytest.raises(ConfigError, match="tune.search_space.optim.lrr: unknown config key — did you mean optim.lr"):
         plan_cmd.build(cfg, tune=True)
     assert "tune" not in plan_cmd.build(cfg)["config"]  # a train plan does not show the unused section
+
+
+def test_plan_of_a_streaming_run(tiny_bert, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    rows = sentiment_rows(41, seed=1)
+    pq.write_table(pa.Table.from_pylist(rows[:20]), folder / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[20:]), folder / "b.parquet")
+    files = {"train": str(folder), "validation": write_csv(str(tmp_path / "v.csv"), sentiment_rows(9, seed=2))}
+    cfg = base_config(tiny_bert, files, str(tmp_path / "out"), ray={"cpus_per_worker": "auto", "num_cpus": 2},
+                      train={"batch_size": 4, "accumulate_grad_batches": 2, "max_epochs": 1})
+    plan = plan_cmd.build(cfg)
+    sp = plan["data"]["streaming"]
+    assert sp["streams"] and sp["reason"] == "auto: 2 files" and sp["rows_from"] == "parquet metadata"
+    assert sp["cpus"] == {"total": 2, "per_worker": 0.5, "ray_data": 1.0}
+    assert plan["resources"]["per_worker"]["CPU"] == 0.5
+    assert plan["data"]["sizes"] == {"train": 41, "validation": 9}
+    # streaming_split(equal=True): 41 // 2 = 20 rows per worker -> 5 batches -> 3 optimizer steps
+    assert plan["steps"]["batches_per_worker_per_epoch"] == 5 and plan["steps"]["optimizer_steps_total"] == 3
+    text = plan_cmd.render(plan)
+    assert "streaming:          yes (auto: 2 files)" in text and "Ray Data 1 of 2 CPUs" in text
+
+    cfg.ray.cpus_per_worker = 1.0
+    with pytest.raises(ConfigError, match="^ray.cpus_per_worker: 2 workers x 1 CPUs leave Ray Data 0 of 2 CPUs"):
+        plan_cmd.build(cfg)
+    cfg.data.streaming = False
+    with pytest.raises(ConfigError, match="^data.train_file: .* only a stream reads"):
+        plan_cmd.build(cfg)
