@@ -78,6 +78,16 @@ def with_yaml(text: str) -> Callable[[str, str], list]:
     return make
 
 
+def _folder(tmp: str, *names: str) -> str:
+    """A folder holding only these (non-data) files."""
+    path = os.path.join(tmp, "folder")
+    os.makedirs(path, exist_ok=True)
+    for name in names:
+        with open(os.path.join(path, name), "w") as f:
+            f.write("not data\n")
+    return path
+
+
 def with_file(name: str, content, key: str = "--data.train_file", chmod: Optional[int] = None) -> Callable[[str, str], list]:
     """A valid config whose `key` points at a file of this content (str, bytes, or rows for .csv/.jsonl)."""
     def make(tmp, model):
@@ -186,8 +196,8 @@ CASES = [
     Case("file-not-utf8", with_file("latin1.csv", "text,label\ncaf\xe9 tr\xe8s bon,pos\nmauvais,neg\n".encode("latin-1")),
          "data.train_file", "'utf-8' codec can't decode"),
     Case("file-unreadable", with_file("locked.csv", SENTIMENT, chmod=0), "data.train_file", "file is not readable", root_ok=False),
-    Case("folder-not-a-dataset", lambda tmp, model: [_yaml(tmp, model), "--data.train_file", tmp], "data.train_file",
-         "not a datasets save_to_disk folder"),
+    Case("folder-not-a-dataset", lambda tmp, model: [_yaml(tmp, model), "--data.train_file", _folder(tmp, "notes.md")],
+         "data.train_file", "no data files match"),  # a folder of data files streams (data.streaming auto)
     Case("json-lines-malformed", with_file("bad.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n'),
          "data.train_file", "line 2: invalid JSON"),
     Case("column-missing-lists-present", ok("--data.text_column", "review"), "data.text_column", "present columns: text, label"),

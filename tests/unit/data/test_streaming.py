@@ -49,7 +49,7 @@ def test_auto_cpus_per_worker_leave_ray_data_a_cpu():
 
 def test_config_keys_and_auto_decision(tmp_path):
     from launcher.config.parsing import bad_value
-    from launcher.config.schema import BadValue, coerce, field_type
+    from launcher.config.values import BadValue, coerce, field_type
 
     tp = field_type("data.streaming")
     assert coerce(tp, "auto") == "auto" and coerce(tp, "true") is True and coerce(tp, False) is False
