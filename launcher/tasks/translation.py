@@ -57,7 +57,6 @@ class Translation(seq2seq.Seq2SeqTask):
 
     def check_split(self, split, path, ds) -> None:
         d, o = self.cfg.data, self.options
-        key = f"data.{split}_file"
         if not self.dict_mode:
             if not d.target_column and split != "predict":
                 raise ConfigError("data.target_column", "is required with data.source_column", "name the column with the translations")
